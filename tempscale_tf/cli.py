@@ -1,0 +1,70 @@
+"""Helpers for the absl entry scripts in `launch/` (library modules never parse flags).
+
+`define_config_overrides(default_config())` defines one top-level flag per config field, so that
+`python launch/train.py --config=configs/x.py --temperature=70` works as well as the
+ml_collections form `--config.temperature=70`. A flag given on the command line wins over the
+config file; nested fields (e.g. `model_kwargs`) use the `--config.model_kwargs.width=32` form.
+"""
+
+from __future__ import annotations
+
+import logging as std_logging
+import os
+
+from absl import flags
+
+_OVERRIDES: dict[str, str] = {}
+
+
+def quiet_tensorflow() -> None:
+    """Silence TensorFlow's C++ and Python info logs (call before importing TensorFlow)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    tf.get_logger().setLevel(std_logging.ERROR)
+    std_logging.getLogger("tensorflow").setLevel(std_logging.ERROR)
+
+
+def define_config_overrides(config, flag_values=flags.FLAGS, skip=()) -> None:
+    """Define a `--<field>` flag (default None) for every scalar/sequence field of `config`."""
+    for key, value in config.items():
+        if key in skip or key in flag_values:
+            continue
+        help_text = f"Override config.{key} (default from the config file: {value!r})."
+        if hasattr(value, "items"):
+            continue
+        if isinstance(value, bool) or (value is None and key in ("jit_compile",)):
+            flags.DEFINE_bool(key, None, help_text, flag_values=flag_values)
+        elif isinstance(value, int):
+            flags.DEFINE_integer(key, None, help_text, flag_values=flag_values)
+        elif isinstance(value, float):
+            flags.DEFINE_float(key, None, help_text, flag_values=flag_values)
+        elif isinstance(value, (tuple, list)):
+            flags.DEFINE_list(key, None, help_text, flag_values=flag_values)
+        else:
+            flags.DEFINE_string(key, None, help_text, flag_values=flag_values)
+        _OVERRIDES[key] = key
+
+
+def apply_config_overrides(config, flag_values=flags.FLAGS):
+    """Copy every override flag that was given on the command line into `config`."""
+    for key in _OVERRIDES:
+        if key not in flag_values or key not in config:
+            continue
+        value = flag_values[key].value
+        if value is None:
+            continue
+        default = config[key]
+        if isinstance(default, tuple):
+            value = tuple(type(default[0])(v) if default else float(v) for v in value)
+        with config.unlocked() if hasattr(config, "unlocked") else _null():
+            config[key] = value
+    return config
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

@@ -1,0 +1,69 @@
+"""Choosing a `tf.distribute` strategy."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import tensorflow as tf
+
+STRATEGIES = ("auto", "default", "mirrored", "multiworker")
+
+
+def make_strategy(kind: str = "auto") -> tf.distribute.Strategy:
+    """Create a distribution strategy.
+
+    Args:
+      kind: "auto" (MultiWorkerMirroredStrategy when `TF_CONFIG` names a cluster, else
+        MirroredStrategy over all GPUs, or over all logical CPU devices when there is no GPU),
+        "mirrored", "multiworker", or "default" (no distribution).
+    """
+    if kind not in STRATEGIES:
+        raise ValueError(f"Unknown strategy {kind!r}; choose one of {STRATEGIES}")
+    if kind == "auto":
+        kind = "multiworker" if _tf_config_has_cluster() else "mirrored"
+    if kind == "default":
+        return tf.distribute.get_strategy()
+    if kind == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_logical_devices("GPU")
+    devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+    return tf.distribute.MirroredStrategy(devices=devices)
+
+
+def _tf_config_has_cluster() -> bool:
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return False
+    try:
+        cluster = json.loads(raw).get("cluster", {})
+    except json.JSONDecodeError as e:
+        raise ValueError(f"TF_CONFIG is not valid JSON: {e}") from e
+    return sum(len(v) for v in cluster.values()) > 1
+
+
+def gpu_available() -> bool:
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def resolve_jit_compile(jit_compile):
+    """`None` -> XLA on GPU, plain graph mode on CPU (XLA's CPU convolutions measured slower)."""
+    return gpu_available() if jit_compile is None else bool(jit_compile)
+
+
+def split_cpu(num_devices: int) -> None:
+    """Split the host CPU into `num_devices` logical devices (before TensorFlow initialises)."""
+    if num_devices <= 1:
+        return
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(num_devices)]
+        )
+    except RuntimeError as e:
+        existing = len(tf.config.list_logical_devices("CPU"))
+        if existing != num_devices:
+            raise RuntimeError(
+                f"cannot split the CPU into {num_devices} devices: TensorFlow is already "
+                f"initialised with {existing}"
+            ) from e

@@ -1,0 +1,58 @@
+"""Learning-rate schedules (per optimizer step), serialisable."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+
+SCHEDULES = ("cosine", "step", "constant")
+
+
+@keras.saving.register_keras_serializable(package="tempscale_tf")
+class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to `base_lr`, then cosine decay to 0, step decay, or constant.
+
+    Args:
+      base_lr: peak learning rate.
+      total_steps: length of training in optimizer steps.
+      warmup_steps: linear warm-up steps (from base_lr / warmup_steps).
+      kind: "cosine", "step" or "constant".
+      milestones: for "step", fractions of `total_steps` at which the rate is multiplied by
+        `gamma` (e.g. (0.5, 0.75)).
+      gamma: step-decay factor.
+    """
+
+    def __init__(self, base_lr, total_steps, warmup_steps=0, kind="cosine",
+                 milestones=(0.5, 0.75), gamma=0.1):
+        if kind not in SCHEDULES:
+            raise ValueError(f"Unknown schedule {kind!r}; choose one of {SCHEDULES}")
+        if not (math.isfinite(base_lr) and base_lr > 0):
+            raise ValueError(f"learning rate must be positive and finite, received {base_lr}")
+        self.base_lr = float(base_lr)
+        self.total_steps = max(int(total_steps), 1)
+        self.warmup_steps = int(warmup_steps)
+        self.kind = kind
+        self.milestones = tuple(float(m) for m in milestones)
+        self.gamma = float(gamma)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        lr = tf.constant(self.base_lr, tf.float32)
+        if self.kind == "cosine":
+            span = float(max(self.total_steps - self.warmup_steps, 1))
+            progress = tf.clip_by_value((step - self.warmup_steps) / span, 0.0, 1.0)
+            lr = lr * 0.5 * (1.0 + tf.cos(math.pi * progress))
+        elif self.kind == "step":
+            for m in self.milestones:
+                lr = tf.where(step >= m * self.total_steps, lr * self.gamma, lr)
+        if self.warmup_steps > 0:
+            lr = tf.where(step < self.warmup_steps,
+                          self.base_lr * (step + 1.0) / self.warmup_steps, lr)
+        return lr
+
+    def get_config(self):
+        return dict(base_lr=self.base_lr, total_steps=self.total_steps,
+                    warmup_steps=self.warmup_steps, kind=self.kind,
+                    milestones=self.milestones, gamma=self.gamma)

@@ -1,0 +1,532 @@
+"""Training with a temperature-scaled cross-entropy: a compiled, distributed, resumable loop.
+
+`train(config, workdir)` trains `config.model` on `config.dataset` minimising
+`CE(softmax(logits / config.temperature), y)` with SGD + momentum, coupled weight decay and a
+warm-up + cosine/step schedule, under a `tf.distribute` strategy. The workdir receives:
+
+  - `config.json`: the settings (a rerun with a different model/dataset/temperature is refused);
+  - `checkpoints/`: `tf.train.Checkpoint`s (model, optimizer, epoch accumulators) every epoch and,
+    optionally, every `checkpoint_every_steps`; rerunning the same command resumes from the
+    latest one and ends at the same weights as an uninterrupted run (the data pipeline is a
+    function of seed, epoch and batch index);
+  - `tensorboard/{train,test}`: loss, accuracy, learning rate, throughput, and histograms of the
+    test logits, logits / T and max softmax probability at T;
+  - `history.json` (per-epoch metrics) and `metrics.json` (final metrics and settings);
+  - `export/`: a SavedModel whose serving signature returns `logits` and `probabilities`
+    (softmax at the training temperature), plus `model.keras`.
+
+Weight decay is coupled (added to the gradient, as in PyTorch's SGD): `g <- g + wd * w` for
+convolution and dense kernels (not biases or normalisation parameters). Note the 1/T factor of the
+loss gradient also shrinks the effective learning rate of the data term relative to weight decay:
+short schedules at high T can underfit (the paper trains 200 epochs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import pathlib
+import time
+
+import keras
+import ml_collections
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from tempscale_tf import data as data_lib
+from tempscale_tf import distribute, models
+from tempscale_tf.files import atomic_write_json, read_json
+from tempscale_tf.losses import temperature_cross_entropy
+from tempscale_tf.schedules import WarmupSchedule
+from tempscale_tf.validation import check_positive_int, check_temperature
+
+# Settings that must not change when a run resumes in the same workdir.
+_RESUME_KEYS = ("dataset", "train_split", "train_subset", "model", "model_kwargs", "temperature",
+                "label_smoothing", "batch_size", "seed", "lr", "momentum", "weight_decay",
+                "schedule", "adv_train")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint exists but cannot be read (corrupted, truncated or from another model)."""
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every training setting with its default. Experiment configs override fields of this."""
+    c = ml_collections.ConfigDict()
+    c.dataset = "digits"
+    c.data_dir = ""  # "" -> $TEMPSCALE_DATA_DIR or ~/tensorflow_datasets
+    c.train_split = "train"
+    c.test_split = "test"
+    c.train_subset = 0  # 0 -> the whole split; n -> a fixed seeded sample of n examples
+    c.test_subset = 0
+    c.model = "small_cnn"
+    c.model_kwargs = ml_collections.ConfigDict()
+    c.normalize = True  # per-channel (x - mean) / std inside the model, from the dataset's stats
+
+    c.temperature = 1.0
+    c.label_smoothing = 0.0
+
+    c.epochs = 10
+    c.batch_size = 128  # global batch (split across replicas)
+    c.lr = 0.1
+    c.momentum = 0.9
+    c.nesterov = False
+    c.weight_decay = 5e-4
+    c.schedule = "cosine"
+    c.warmup_epochs = 0.0
+    c.step_milestones = (0.5, 0.75)
+    c.step_gamma = 0.1
+    c.seed = 0
+
+    c.strategy = "auto"
+    c.sync_batch_norm = True  # synchronise BN statistics across replicas
+    c.jit_compile = ml_collections.config_dict.placeholder(bool)  # None -> on for GPU only
+    c.mixed_precision = False
+    c.deterministic = False  # tf.config.experimental.enable_op_determinism()
+
+    c.checkpoint_every_steps = 0  # 0 -> once per epoch
+    c.keep_checkpoints = 3
+    c.log_every_steps = 20
+    c.histogram_examples = 1024
+    c.export = True
+
+    # Adversarial training (see tempscale_tf.adversarial); off by default.
+    c.adv_train = False
+    return c
+
+
+@dataclasses.dataclass
+class TrainState:
+    model: keras.Model
+    optimizer: keras.optimizers.Optimizer
+    checkpoint: tf.train.Checkpoint
+    manager: tf.train.CheckpointManager
+    accumulators: dict
+    schedule: WarmupSchedule
+
+
+def validate_config(config) -> None:
+    """Raise ValueError naming the first bad setting."""
+    check_temperature(config.temperature)
+    check_positive_int(config.epochs, "epochs")
+    check_positive_int(config.batch_size, "batch_size")
+    if config.model not in models.MODELS:
+        raise ValueError(f"Unknown model {config.model!r}. Available models: {sorted(models.MODELS)}")
+    data_lib._check_name(config.dataset)
+    for name in ("lr",):
+        value = config[name]
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"`{name}` must be a positive finite number, received {value!r}")
+    if not (0 <= config.weight_decay < 1):
+        raise ValueError(f"`weight_decay` must be in [0, 1), received {config.weight_decay}")
+    if not (0 <= config.momentum < 1):
+        raise ValueError(f"`momentum` must be in [0, 1), received {config.momentum}")
+
+
+def _data_dir(config):
+    return config.data_dir or None
+
+
+def build_model_from_config(config, strategy=None) -> keras.Model:
+    """The model of a training config, with the dataset's normalisation, under `strategy`."""
+    info = data_lib.info(config.dataset, _data_dir(config))
+    kwargs = dict(config.model_kwargs.to_dict() if hasattr(config.model_kwargs, "to_dict")
+                  else config.model_kwargs)
+    if config.normalize:
+        kwargs.setdefault("mean", info.mean)
+        kwargs.setdefault("std", info.std)
+    if config.model in ("resnet50_cifar", "resnet20_cifar", "small_cnn"):
+        # Synchronised BN makes a multi-replica step equal to the single-device step; it needs
+        # the replica step outside XLA (a cross-replica merge_call), so it is off with jit.
+        replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+        kwargs.setdefault("synchronized_bn", bool(config.sync_batch_norm) and replicas > 1
+                          and not distribute.resolve_jit_compile(config.jit_compile))
+    return models.build_model(config.model, info.num_classes, info.image_shape, **kwargs)
+
+
+def _decayed(variable) -> bool:
+    return "kernel" in variable.path or variable.path.endswith("embeddings")
+
+
+def _make_state(config, workdir, strategy, total_steps, steps_per_epoch) -> TrainState:
+    policy = None
+    if config.mixed_precision:
+        policy = "mixed_float16" if distribute.gpu_available() else "mixed_bfloat16"
+    previous = keras.config.dtype_policy()
+    with strategy.scope():
+        if policy:
+            keras.config.set_dtype_policy(policy)
+        try:
+            keras.utils.set_random_seed(int(config.seed))
+            model = build_model_from_config(config, strategy)
+        finally:
+            keras.config.set_dtype_policy(previous)
+        schedule = WarmupSchedule(
+            config.lr, total_steps, int(round(config.warmup_epochs * steps_per_epoch)),
+            config.schedule, tuple(config.step_milestones), config.step_gamma,
+        )
+        optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=config.momentum,
+                                         nesterov=config.nesterov)
+        if policy == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer.build(model.trainable_variables)
+    # Epoch accumulators live on the host (outside the strategy) and are checkpointed, so a run
+    # resumed mid-epoch reports the same epoch metrics as an uninterrupted one.
+    accumulators = {
+        k: tf.Variable(0.0, trainable=False, dtype=tf.float64, name=k)
+        for k in ("loss_sum", "correct", "count", "seconds")
+    }
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **accumulators)
+    manager = tf.train.CheckpointManager(
+        checkpoint, os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints,
+        step_counter=optimizer.iterations,
+    )
+    return TrainState(model, optimizer, checkpoint, manager, accumulators, schedule)
+
+
+def restore_checkpoint(checkpoint: tf.train.Checkpoint, path: str, partial=False) -> None:
+    """Restore `path` into `checkpoint`, raising `CheckpointError` with the path on any failure.
+
+    With `partial`, objects in the file that `checkpoint` does not track (the optimizer, when
+    only the model is wanted) are ignored.
+    """
+    try:
+        status = checkpoint.restore(path)
+        if partial:
+            status = status.expect_partial()
+        status.assert_existing_objects_matched()
+    except (tf.errors.OpError, ValueError, AssertionError, KeyError, IndexError, TypeError) as e:
+        raise CheckpointError(
+            f"checkpoint {path!r} could not be restored ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}). It is corrupted, truncated or was "
+            "written by a different model/optimizer. Delete it (the previous checkpoint in the "
+            "same folder will be used) or train into a new --workdir."
+        ) from e
+
+
+def _check_resume_config(workdir, config):
+    path = pathlib.Path(workdir) / "config.json"
+    if not path.exists():
+        return
+    old = read_json(path)
+    new = _config_dict(config)
+    diffs = [k for k in _RESUME_KEYS if k in old and old.get(k) != new.get(k)]
+    if diffs:
+        raise ValueError(
+            f"workdir {workdir} holds a run with different settings "
+            + ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diffs)
+            + ". Use a new --workdir for a different experiment."
+        )
+
+
+def _config_dict(config):
+    d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    return _jsonable(d)
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+class _Steps:
+    """Compiled per-replica train and eval steps for one model/optimizer/strategy."""
+
+    def __init__(self, config, state: TrainState, strategy, global_batch: int):
+        self.model, self.optimizer, self.strategy = state.model, state.optimizer, strategy
+        self.temperature = check_temperature(config.temperature)
+        self.label_smoothing = float(config.label_smoothing)
+        self.weight_decay = float(config.weight_decay)
+        self.global_batch = float(global_batch)
+        replicas = strategy.num_replicas_in_sync
+        self.decayed = [_decayed(v) for v in self.model.trainable_variables]
+        jit = distribute.resolve_jit_compile(config.jit_compile)
+        # XLA needs its own (nested) tf.function; in plain graph mode the replica step is traced
+        # inside the outer function, which also allows synchronised batch norm (a merge_call).
+        self._grads = tf.function(self._loss_and_grads, jit_compile=True) if jit \
+            else self._loss_and_grads
+        self._replicas = float(replicas)
+        self.train_step = tf.function(self._distributed_train_step, reduce_retracing=True)
+        self.eval_step = tf.function(self._distributed_eval_step, reduce_retracing=True)
+
+    def _loss_and_grads(self, images, labels):
+        variables = self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            logits = self.model(images, training=True)
+            per_example = temperature_cross_entropy(
+                labels, logits, self.temperature, label_smoothing=self.label_smoothing
+            )
+            loss = tf.reduce_sum(per_example) / self.global_batch
+            scaled = (self.optimizer.scale_loss(loss)
+                      if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer) else loss)
+        grads = tape.gradient(scaled, variables)
+        if self.weight_decay:
+            # Gradients are summed over replicas: add 1/replicas of the decay on each.
+            wd = self.weight_decay / self._replicas
+            grads = [g + tf.cast(wd, g.dtype) * tf.cast(v, g.dtype) if d else g
+                     for g, v, d in zip(grads, variables, self.decayed)]
+        correct = tf.reduce_sum(
+            tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
+                             tf.cast(labels, tf.int32)), tf.float32))
+        return grads, tf.reduce_sum(per_example), correct
+
+    def _replica_train_step(self, images, labels):
+        grads, loss_sum, correct = self._grads(images, labels)
+        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+        return loss_sum, correct, tf.cast(tf.shape(labels)[0], tf.float32)
+
+    def _replica_eval_step(self, images, labels):
+        logits = self.model(images, training=False)
+        per_example = temperature_cross_entropy(labels, logits, self.temperature)
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
+                                                 tf.cast(labels, tf.int32)), tf.float32))
+        return tf.reduce_sum(per_example), correct, tf.cast(tf.shape(labels)[0], tf.float32)
+
+    def _reduce(self, per_replica):
+        return [self.strategy.reduce(tf.distribute.ReduceOp.SUM, t, axis=None)
+                for t in per_replica]
+
+    def _distributed_train_step(self, batch):
+        return self._reduce(self.strategy.run(self._replica_train_step, args=batch))
+
+    def _distributed_eval_step(self, batch):
+        return self._reduce(self.strategy.run(self._replica_eval_step, args=batch))
+
+
+def evaluate(steps: _Steps, dataset) -> dict:
+    """Loss (at the training temperature) and accuracy over a distributed dataset."""
+    totals = np.zeros(3)
+    for batch in dataset:
+        totals += np.array([float(t) for t in steps.eval_step(batch)])
+    loss_sum, correct, count = totals
+    return {"loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1),
+            "count": int(count)}
+
+
+def predict_logits(model, dataset, max_examples=None):
+    """Concatenated logits and labels of a (non-distributed) dataset."""
+    logits, labels, n = [], [], 0
+    for images, y in dataset:
+        logits.append(model(images, training=False).numpy())
+        labels.append(y.numpy())
+        n += len(y)
+        if max_examples and n >= max_examples:
+            break
+    logits, labels = np.concatenate(logits), np.concatenate(labels)
+    return (logits[:max_examples], labels[:max_examples]) if max_examples else (logits, labels)
+
+
+def _write_histograms(writer, model, test_ds, temperature, step, max_examples):
+    logits, _ = predict_logits(model, test_ds, max_examples)
+    scaled = logits / temperature
+    probs = tf.nn.softmax(scaled).numpy()
+    with writer.as_default(step=step):
+        tf.summary.histogram("logits", logits)
+        tf.summary.histogram("logits_over_temperature", scaled)
+        tf.summary.histogram("max_softmax_probability", probs.max(axis=-1))
+
+
+def _eta(seconds):
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def train(config, workdir, strategy=None, progress: bool = True, max_steps=None) -> dict:
+    """Train (or resume) a run in `workdir` and return its final metrics.
+
+    Args:
+      config: a `ConfigDict` with the fields of `default_config()`.
+      workdir: output folder; an existing run there is resumed from its latest checkpoint.
+      strategy: a `tf.distribute.Strategy`; default from `config.strategy`.
+      progress: show a Keras progress bar per epoch (absl logs per epoch either way).
+      max_steps: stop after this many optimizer steps in this call, with a checkpoint, as a
+        pre-emption would (to split a long run across sessions); rerun to continue.
+
+    Returns:
+      The dict written to `workdir/metrics.json`.
+    """
+    validate_config(config)
+    if config.adv_train:
+        raise NotImplementedError(
+            "adversarial training (config.adv_train) is not implemented in this version"
+        )
+    workdir = str(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    _check_resume_config(workdir, config)
+    atomic_write_json(os.path.join(workdir, "config.json"), _config_dict(config))
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    strategy = strategy or distribute.make_strategy(config.strategy)
+
+    data_dir = _data_dir(config)
+    info = data_lib.info(config.dataset, data_dir)
+    train_subset = config.train_subset or None
+    n_train = (train_subset if train_subset
+               else len(data_lib.load_arrays(config.dataset, config.train_split, data_dir)[1]))
+    global_batch = int(config.batch_size)
+    if global_batch % strategy.num_replicas_in_sync:
+        raise ValueError(f"batch_size={global_batch} is not divisible by the "
+                         f"{strategy.num_replicas_in_sync} replicas")
+    steps_per_epoch = n_train // global_batch
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch_size={global_batch} exceeds the {n_train} training examples")
+    total_steps = steps_per_epoch * config.epochs
+
+    state = _make_state(config, workdir, strategy, total_steps, steps_per_epoch)
+    model_shape = tuple(state.model.input_shape[1:])
+    if model_shape != tuple(info.image_shape):
+        raise ValueError(f"dataset {config.dataset!r} has images of shape {info.image_shape} but "
+                         f"model {config.model!r} expects {model_shape}")
+    if state.manager.latest_checkpoint:
+        restore_checkpoint(state.checkpoint, state.manager.latest_checkpoint)
+        logging.info("Resumed from %s at step %d", state.manager.latest_checkpoint,
+                     int(state.optimizer.iterations.numpy()))
+    steps = _Steps(config, state, strategy, global_batch)
+
+    history_path = os.path.join(workdir, "history.json")
+    global_step = int(state.optimizer.iterations.numpy())
+    start_epoch, skip = divmod(global_step, steps_per_epoch)
+    history = read_json(history_path) if os.path.exists(history_path) else []
+    history = [h for h in history if h["epoch"] < start_epoch]
+    if skip == 0:
+        for v in state.accumulators.values():
+            v.assign(0.0)
+
+    test_ds = data_lib.load(config.dataset, config.test_split, data_dir, global_batch,
+                            subset=config.test_subset or None)
+    dist_test = strategy.experimental_distribute_dataset(test_ds)
+    tb = os.path.join(workdir, "tensorboard")
+    train_writer = tf.summary.create_file_writer(os.path.join(tb, "train"))
+    test_writer = tf.summary.create_file_writer(os.path.join(tb, "test"))
+
+    logging.info("Training %s on %s at temperature %g: %d epochs x %d steps, global batch %d, "
+                 "%d replica(s), jit_compile=%s", config.model, config.dataset,
+                 config.temperature, config.epochs, steps_per_epoch, global_batch,
+                 strategy.num_replicas_in_sync, distribute.resolve_jit_compile(config.jit_compile))
+    run_start = time.time()
+    steps_done_here = 0
+    acc = state.accumulators
+    for epoch in range(start_epoch, config.epochs):
+        train_ds = data_lib.load(config.dataset, config.train_split, data_dir, global_batch,
+                                 seed=config.seed, epoch=epoch, skip_batches=skip,
+                                 subset=train_subset, drop_remainder=True)
+        bar = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["loss", "accuracy"],
+                                  verbose=1 if progress else 0)
+        epoch_start = time.time()
+        pending = []
+        for i, batch in enumerate(strategy.experimental_distribute_dataset(train_ds), start=skip):
+            pending.append(steps.train_step(batch))
+            steps_done_here += 1
+            step = epoch * steps_per_epoch + i + 1
+            last = i + 1 == steps_per_epoch
+            save_now = not last and bool(config.checkpoint_every_steps) and (
+                step % config.checkpoint_every_steps == 0)
+            stop_now = not last and bool(max_steps) and steps_done_here >= max_steps
+            if len(pending) >= config.log_every_steps or last or save_now or stop_now:
+                sums = np.sum([[float(t) for t in p] for p in pending], axis=0)
+                pending = []
+                acc["loss_sum"].assign_add(sums[0])
+                acc["correct"].assign_add(sums[1])
+                acc["count"].assign_add(sums[2])
+                count = max(float(acc["count"]), 1.0)
+                bar.update(i + 1, [("loss", float(acc["loss_sum"]) / count),
+                                   ("accuracy", float(acc["correct"]) / count)])
+            if save_now or stop_now:
+                acc["seconds"].assign_add(time.time() - epoch_start)
+                epoch_start = time.time()
+                state.manager.save(checkpoint_number=step)
+            if stop_now:
+                logging.info("Stopped at step %d (max_steps=%d); rerun to resume.", step,
+                             max_steps)
+                return {"stopped_at_step": step}
+        skip = 0
+        acc["seconds"].assign_add(time.time() - epoch_start)
+        count = max(float(acc["count"]), 1.0)
+        train_metrics = {"loss": float(acc["loss_sum"]) / count,
+                         "accuracy": float(acc["correct"]) / count}
+        test_metrics = evaluate(steps, dist_test)
+        step = (epoch + 1) * steps_per_epoch
+        lr = float(state.schedule(step - 1))
+        images_per_sec = count / max(float(acc["seconds"]), 1e-9)
+        record = {"epoch": epoch, "step": step, "train/loss": train_metrics["loss"],
+                  "train/accuracy": train_metrics["accuracy"], "test/loss": test_metrics["loss"],
+                  "test/accuracy": test_metrics["accuracy"], "learning_rate": lr,
+                  "train/images_per_sec": images_per_sec}
+        with train_writer.as_default(step=step):
+            tf.summary.scalar("loss", train_metrics["loss"])
+            tf.summary.scalar("accuracy", train_metrics["accuracy"])
+            tf.summary.scalar("learning_rate", lr)
+            tf.summary.scalar("images_per_sec", images_per_sec)
+        with test_writer.as_default(step=step):
+            tf.summary.scalar("loss", test_metrics["loss"])
+            tf.summary.scalar("accuracy", test_metrics["accuracy"])
+        if config.histogram_examples:
+            _write_histograms(test_writer, state.model, test_ds, config.temperature, step,
+                              config.histogram_examples)
+        train_writer.flush()
+        test_writer.flush()
+        history.append(record)
+        atomic_write_json(history_path, history)  # before the checkpoint: see module docstring
+        for v in acc.values():
+            v.assign(0.0)
+        state.manager.save(checkpoint_number=step)
+        elapsed = time.time() - run_start
+        remaining = (config.epochs - epoch - 1) * steps_per_epoch
+        eta = elapsed / max(steps_done_here, 1) * remaining
+        logging.info("epoch %d/%d: train loss %.4f acc %.4f | test loss %.4f acc %.4f | "
+                     "lr %.4g | %.0f img/s | ETA %s", epoch + 1, config.epochs,
+                     train_metrics["loss"], train_metrics["accuracy"], test_metrics["loss"],
+                     test_metrics["accuracy"], lr, images_per_sec, _eta(eta))
+        if max_steps and steps_done_here >= max_steps and epoch + 1 < config.epochs:
+            return {"stopped_at_step": step}
+
+    final = history[-1] if history else {}
+    metrics = {
+        "dataset": config.dataset, "model": config.model, "temperature": config.temperature,
+        "epochs": config.epochs, "seed": config.seed, "batch_size": global_batch,
+        "steps": int(state.optimizer.iterations.numpy()), "replicas": strategy.num_replicas_in_sync,
+        "train_examples": n_train, **{k: v for k, v in final.items() if "/" in k},
+        "num_parameters": int(state.model.count_params()),
+    }
+    if config.export:
+        from tempscale_tf.export import export_saved_model
+
+        export_saved_model(state.model, os.path.join(workdir, "export"), config.temperature)
+        metrics["export"] = os.path.join(workdir, "export")
+    atomic_write_json(os.path.join(workdir, "metrics.json"), metrics)
+    return metrics
+
+
+def load_run(workdir, checkpoint=None):
+    """Rebuild the model of a finished (or running) training run from its workdir.
+
+    Returns:
+      (model, config): the Keras model with the latest (or the given) checkpoint's weights, and
+      the run's `ConfigDict`.
+    """
+    workdir = pathlib.Path(workdir)
+    config_path = workdir / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{config_path} not found: is {workdir} a tempscale_tf workdir?")
+    config = default_config()
+    config.unlock()
+    saved = read_json(config_path)
+    for key, value in saved.items():
+        if key == "model_kwargs":
+            config.model_kwargs = ml_collections.ConfigDict(value)
+        elif key in config:
+            config[key] = tuple(value) if isinstance(config[key], tuple) else value
+    strategy = tf.distribute.get_strategy()
+    model = build_model_from_config(config, strategy)
+    path = checkpoint or tf.train.latest_checkpoint(str(workdir / "checkpoints"))
+    if path is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
+    restore_checkpoint(tf.train.Checkpoint(model=model), path, partial=True)
+    return model, config

@@ -1,0 +1,398 @@
+"""Tests of tempscale_tf.attacks: PGD, C&W-L2 and the worst-case ensemble.
+
+Oracles: the exact minimal distances of a linear classifier, and cleverhans' PGD.
+Everything runs on tiny models so the file takes well under a minute and a half on 2 CPUs.
+"""
+
+import functools
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tempscale_tf.attacks import (
+    carlini_wagner_l2,
+    cw_linf,
+    default_attacks,
+    pgd,
+    robust_accuracy_dataset,
+    worst_case,
+)
+
+NUM_CLASSES = 10
+TOL = 1e-6
+
+
+def _predict(model, x):
+    return np.argmax(np.asarray(model(x)), axis=-1)
+
+
+def _linf(a, b):
+    return np.abs(np.asarray(a) - np.asarray(b)).reshape(len(a), -1).max(axis=1)
+
+
+def _l2(a, b):
+    return np.sqrt(((np.asarray(a) - np.asarray(b)) ** 2).reshape(len(a), -1).sum(axis=1))
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def linear():
+    """f(x) = W x + b on flattened 8x8x1 images in [0.4, 0.6], with its exact distances.
+
+    For a linear model, x is misclassified iff some z_j >= z_y, so the minimal distance in a
+    norm is min_{j != y} (z_y - z_j) / ||w_y - w_j||_dual (L-inf: dual L1; L2: dual L2),
+    as long as the [0, 1] box does not bind (checked by the tests).
+    """
+    rng = np.random.default_rng(1234)
+    dim, n = 64, 200
+    model = keras.Sequential(
+        [keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(NUM_CLASSES)]
+    )
+    w = rng.normal(0.0, 0.2, (dim, NUM_CLASSES)).astype("float32")
+    b = rng.normal(0.0, 0.1, NUM_CLASSES).astype("float32")
+    model.layers[-1].set_weights([w, b])
+    x = rng.uniform(0.4, 0.6, (n, 8, 8, 1)).astype("float32")
+    z = x.reshape(n, dim).astype("float64") @ w + b
+    y = z.argmax(axis=1)  # every example correctly classified: all distances > 0
+    w_diff = w[:, y].T[:, :, None] - w[None, :, :]  # [n, dim, K]: w_y - w_j
+    gap = z[np.arange(n), y][:, None] - z  # [n, K]: z_y - z_j
+    wrong = np.arange(NUM_CLASSES)[None] != y[:, None]
+    l1 = np.abs(w_diff).sum(axis=1)
+    l2 = np.sqrt((w_diff**2).sum(axis=1))
+    d_inf = np.where(wrong, gap / np.where(wrong, l1, 1.0), np.inf).min(axis=1)
+    d_2_all = np.where(wrong, gap / np.where(wrong, l2, 1.0), np.inf)
+    d_2 = d_2_all.min(axis=1)
+    # The exact minimal L2 perturbation, to check that the box does not bind for C&W.
+    j = d_2_all.argmin(axis=1)
+    direction = w_diff[np.arange(n), :, j] / l2[np.arange(n), j][:, None]
+    delta_2 = -d_2[:, None] * direction
+    return dict(model=model, x=x, y=y, d_inf=d_inf, d_2=d_2, delta_2=delta_2)
+
+
+@pytest.fixture(scope="module")
+def conv():
+    """A small random conv net and 256 random images it classifies as `y`."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            keras.layers.Conv2D(8, 3, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(NUM_CLASSES),
+        ]
+    )
+    x = np.random.default_rng(0).uniform(0.0, 1.0, (256, 8, 8, 3)).astype("float32")
+    return dict(model=model, x=x, y=_predict(model, x))
+
+
+# --------------------------------------------------------------------------- PGD
+
+
+@pytest.mark.parametrize("norm,eps,step", [("linf", 0.05, 0.02), ("l2", 0.5, 0.2)])
+def test_pgd_stays_in_ball_and_box(conv, norm, eps, step):
+    model = conv["model"]
+    x = conv["x"][:16].copy()
+    x[:, :2] = 0.0  # pixels at the box edges, where clipping is active
+    x[:, -2:] = 1.0
+    y = conv["y"][:16]
+    target = (y + 1) % NUM_CLASSES
+    for loss in ("ce", "margin", "dlr"):
+        for random_start in (False, True):
+            for targeted in (False, True):
+                adv = pgd(
+                    model, x, y, eps=eps, step_size=step, steps=5, norm=norm, loss=loss,
+                    random_start=random_start, targeted=targeted,
+                    target=target if targeted else None, seed=3,
+                ).numpy()
+                setting = (loss, random_start, targeted)
+                assert adv.shape == x.shape and adv.dtype == np.float32
+                assert adv.min() >= 0.0 and adv.max() <= 1.0, setting
+                size = _linf(adv, x) if norm == "linf" else _l2(adv, x)
+                assert size.max() <= eps * (1 + TOL) + TOL, setting
+                assert size.max() > 0.5 * eps, setting  # it did move
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_pgd_margin_on_linear_model_matches_exact_distance(linear, norm):
+    model, x, y = linear["model"], linear["x"], linear["y"]
+    d = linear["d_inf"] if norm == "linf" else linear["d_2"]
+    eps = float(np.median(d))
+    # The box never binds: the ball around every x stays inside [0, 1] in every pixel.
+    assert x.min() - eps >= 0.0 and x.max() + eps <= 1.0
+    exact = d <= eps
+    beyond = d > eps * (1 + 1e-4)  # no attack can succeed there (float slack at the edge)
+
+    # Untargeted margin PGD maximises a convex piecewise-linear function of x over the ball,
+    # so it can stop at a local maximum (pushing the currently largest wrong logit while
+    # another class is closer): over fixture seeds 0-9 it missed 0 to 38 of the ~100 exact
+    # successes (0 for this seed). It can never beat the exact minimum.
+    adv = pgd(model, x, y, eps=eps, step_size=eps / 10, steps=50, norm=norm, loss="margin",
+              random_start=False)
+    fooled = _predict(model, adv) != y
+    assert not (fooled & beyond).any()
+    assert fooled.sum() >= 0.5 * exact.sum()
+
+    # Targeted margin PGD is a linear problem per target, so trying every wrong class reaches
+    # the exact success rate (it did for all fixture seeds 0-9, both norms).
+    fooled_any = np.zeros(len(y), bool)
+    for shift in range(1, NUM_CLASSES):
+        target = (y + shift) % NUM_CLASSES
+        adv = pgd(model, x, y, eps=eps, step_size=eps / 10, steps=20, norm=norm,
+                  loss="margin", targeted=True, target=target, random_start=False)
+        fooled_any |= _predict(model, adv) != y
+    assert not (fooled_any & beyond).any()
+    assert abs(int(fooled_any.sum()) - int(exact.sum())) <= 2
+
+
+def test_pgd_matches_cleverhans(conv):
+    from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
+
+    model, x, y = conv["model"], conv["x"], conv["y"]
+    eps, steps = 0.02, 20
+    theirs = projected_gradient_descent(
+        model, x, eps, eps / 4, steps, np.inf, y=y, rand_init=True, clip_min=0.0, clip_max=1.0
+    )
+    ours = pgd(model, x, y, eps=eps, step_size=eps / 4, steps=steps, loss="ce",
+               temperature=1.0, random_start=True, keep_best=False, seed=0)
+    rate_theirs = np.mean(_predict(model, theirs) != y)
+    rate_ours = np.mean(_predict(model, ours) != y)
+    assert 0.2 < rate_theirs < 0.9  # an informative operating point
+    assert abs(rate_ours - rate_theirs) <= 0.05
+
+
+def test_keep_best_never_weaker_than_last_iterate(conv):
+    model, x, y = conv["model"], conv["x"], conv["y"]
+    kwargs = dict(eps=0.02, step_size=0.01, steps=10, seed=5)  # large steps: iterates bounce
+    last = _predict(model, pgd(model, x, y, keep_best=False, **kwargs)) != y
+    best = _predict(model, pgd(model, x, y, keep_best=True, **kwargs)) != y
+    assert not (last & ~best).any()
+
+
+def test_targeted_pgd_reaches_target(conv):
+    model, x, y = conv["model"], conv["x"][:128], conv["y"][:128]
+    target = (y + np.random.default_rng(1).integers(1, NUM_CLASSES, len(y))) % NUM_CLASSES
+    for loss in ("ce", "margin"):
+        adv = pgd(model, x, y, eps=0.3, step_size=0.03, steps=40, loss=loss, targeted=True,
+                  target=target, seed=0)
+        assert np.mean(_predict(model, adv) == target) >= 0.97, loss
+
+
+def test_gradient_masking_large_logit_scale(conv):
+    model, x, y = conv["model"], conv["x"], conv["y"]
+    scale = 1e4  # random-init logit margins are ~0.1, so 1e3 would leave many unmasked
+    scaled = lambda images: scale * model(images)
+    kwargs = dict(eps=0.02, step_size=0.005, steps=20, random_start=False)
+
+    def fooled(net, **kw):
+        return int(np.sum(_predict(model, pgd(net, x, y, **kwargs, **kw)) != y))
+
+    margin_plain = fooled(model, loss="margin")
+    assert margin_plain > 0.3 * len(y)
+    # softmax(z) saturates: the CE gradient underflows to exactly 0 and PGD-CE stalls ...
+    assert fooled(scaled, loss="ce", temperature=1.0) <= 0.2 * margin_plain
+    # ... while the scale-free margin and DLR losses see the same attack as without scaling,
+    assert abs(fooled(scaled, loss="margin") - margin_plain) <= 2
+    assert abs(fooled(scaled, loss="dlr") - fooled(model, loss="dlr")) <= 2
+    # and CE at the matching temperature is the unscaled CE attack.
+    assert abs(fooled(scaled, loss="ce", temperature=scale) - fooled(model, loss="ce")) <= 2
+
+
+def test_cw_linf_is_margin_pgd(conv):
+    model, x, y = conv["model"], conv["x"][:32], conv["y"][:32]
+    a = cw_linf(model, x, y, eps=0.03, step_size=0.01, steps=5, seed=7)
+    b = pgd(model, x, y, eps=0.03, step_size=0.01, steps=5, loss="margin", seed=7)
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_pgd_compiles_once_per_model_and_settings():
+    traces = []
+
+    class CountingModel:
+        def __init__(self):
+            self.dense = keras.layers.Dense(NUM_CLASSES)
+
+        def __call__(self, images):
+            traces.append(1)  # Python side effect: runs only while tracing
+            return self.dense(tf.reshape(images, [-1, 16]))
+
+    model = CountingModel()
+    x = np.random.default_rng(0).uniform(0, 1, (8, 4, 4, 1)).astype("float32")
+    y = np.arange(8) % NUM_CLASSES
+    pgd(model, x, y, eps=0.1, step_size=0.02, steps=3)
+    after_first = len(traces)
+    pgd(model, x[:5], y[:5], eps=0.2, step_size=0.05, steps=7, temperature=3.0, seed=1)
+    pgd(model, x, y, eps=0.05, step_size=0.01, steps=2, temperature=0.5)
+    assert len(traces) == after_first
+
+
+# --------------------------------------------------------------------------- C&W L2
+
+
+def test_carlini_wagner_l2_on_linear_model(linear):
+    model, x, y, d_2 = linear["model"], linear["x"], linear["y"], linear["d_2"]
+    minimiser = x.reshape(len(x), -1) + linear["delta_2"]
+    assert minimiser.min() >= 0.0 and minimiser.max() <= 1.0  # the box does not bind
+    result = carlini_wagner_l2(model, x, y, max_iterations=200, binary_search_steps=6)
+    success, l2 = result.success.numpy(), result.l2.numpy()
+    assert success.mean() >= 0.98
+    assert np.all(np.isinf(l2[~success]))
+    np.testing.assert_allclose(l2[success], _l2(result.adv.numpy(), x)[success], rtol=1e-4)
+    assert np.all(_predict(model, result.adv)[success] != y[success])
+    ratio = l2[success] / d_2[success]
+    assert ratio.min() >= 1 - 1e-3  # never below the exact minimum
+    assert ratio.max() <= 1.5
+    assert np.median(ratio) <= 1.05
+
+
+# --------------------------------------------------------------------------- worst case
+
+
+def _recording(attack, sizes):
+    def wrapped(model, x, y):
+        sizes.append(len(y))
+        return attack(model, x, y)
+
+    return wrapped
+
+
+def test_worst_case_is_the_worst_over_attacks(conv):
+    model, x = conv["model"], conv["x"][:96]
+    y = conv["y"][:96].copy()
+    y[:16] = (y[:16] + 1) % NUM_CLASSES  # 16 misclassified examples: never attacked
+    eps = 0.02
+    attacks = default_attacks(eps, temperature=2.0, steps=10, random_start=False)
+    sizes = []
+    recorded = [(name, _recording(fn, sizes)) for name, fn in attacks]
+    result = worst_case(model, x, y, recorded, eps=eps)
+
+    clean = _predict(model, x) == y
+    robust = result.robust.numpy()
+    np.testing.assert_array_equal(result.clean_correct.numpy(), clean)
+    assert result.clean_accuracy == pytest.approx(clean.mean())
+    # Attack k ran only on the examples still robust after attacks 1..k-1.
+    cumulative = list(result.cumulative_robust_accuracy.values())
+    expected_sizes = [int(clean.sum())] + [round(c * len(y)) for c in cumulative[:-1]]
+    assert sizes == [s for s in expected_sizes if s > 0]
+    assert np.all(np.diff(cumulative) <= 0) and cumulative[-1] == result.robust_accuracy
+
+    # Consistent with running every attack separately on the whole batch.
+    separately = {name: _predict(model, fn(model, x, y)) == y for name, fn in attacks}
+    survivors = clean & np.all(list(separately.values()), axis=0)
+    assert np.sum(robust != survivors) <= 1
+    assert result.robust_accuracy <= min(np.mean(clean & s) for s in separately.values()) + 1e-9
+
+    # Robust examples survive everything; the rest are fooled by `adv`, inside the ball.
+    adv = result.adv.numpy()
+    assert _linf(adv, x).max() <= eps * (1 + TOL) + TOL and adv.min() >= 0 and adv.max() <= 1
+    prediction = _predict(model, adv)
+    assert np.all(prediction[robust] == y[robust])
+    assert np.all(prediction[clean & ~robust] != y[clean & ~robust])
+    fooled_by = result.fooled_by.numpy()
+    assert np.all((fooled_by >= 0) == (clean & ~robust))
+
+    # individual=True: every attack alone, on every correct example.
+    full = worst_case(model, x, y, attacks, individual=True)
+    np.testing.assert_array_equal(full.robust.numpy(), robust)
+    for name, survived in separately.items():
+        assert full.individual_robust_accuracy[name] == pytest.approx(
+            np.mean(clean & survived), abs=1.5 / len(y)
+        )
+    assert full.robust_accuracy <= min(full.individual_robust_accuracy.values())
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_worst_case_default_attacks_reach_exact_rate_on_linear_model(linear, norm):
+    # The targeted top-3 attack removes untargeted PGD's local maxima (see above).
+    model, x, y = linear["model"], linear["x"], linear["y"]
+    d = linear["d_inf"] if norm == "linf" else linear["d_2"]
+    eps = float(np.median(d))
+    attacks = default_attacks(eps, temperature=1.0, steps=30, norm=norm, random_start=False)
+    result = worst_case(model, x, y, attacks, eps=eps, norm=norm)
+    broken = ~result.robust.numpy()
+    assert not (broken & (d > eps * (1 + 1e-4))).any()
+    assert abs(int(broken.sum()) - int((d <= eps).sum())) <= 2
+
+
+def test_robust_accuracy_dataset_with_mirrored_strategy():
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
+    if len(devices) < 2:
+        pytest.skip("needs the 2 logical CPU devices that conftest.py creates")
+    strategy = tf.distribute.MirroredStrategy(devices)
+    with strategy.scope():
+        keras.utils.set_random_seed(1)
+        model = keras.Sequential(
+            [
+                keras.Input((6, 6, 3)),
+                keras.layers.Conv2D(4, 3, activation="relu"),
+                keras.layers.Flatten(),
+                keras.layers.Dense(NUM_CLASSES),
+            ]
+        )
+    rng = np.random.default_rng(2)
+    x = rng.uniform(0, 1, (97, 6, 6, 3)).astype("float32")  # last batch: 1 example
+    y = _predict(model, x)
+    y[::4] = (y[::4] + 1) % NUM_CLASSES
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
+    attacks = default_attacks(0.03, temperature=2.0, steps=5, random_start=False)
+
+    plain = robust_accuracy_dataset(model, dataset, attacks, progress=False, individual=True)
+    mirrored = robust_accuracy_dataset(
+        model, dataset, attacks, strategy=strategy, progress=False, individual=True
+    )
+    assert plain == mirrored
+    assert plain.num_examples == 97
+    whole = worst_case(model, x, y, attacks, individual=True)
+    assert plain.clean_accuracy == pytest.approx(whole.clean_accuracy)
+    assert plain.robust_accuracy == pytest.approx(whole.robust_accuracy, abs=1.5 / 97)
+    assert 0 < plain.robust_accuracy < plain.clean_accuracy
+
+
+# --------------------------------------------------------------------------- bad inputs
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(eps=-0.1), "eps"),
+        (dict(eps=float("nan")), "eps"),
+        (dict(step_size=0.0), "step_size"),
+        (dict(steps=0), "steps"),
+        (dict(loss="hinge"), "'ce', 'margin', 'dlr'"),
+        (dict(norm="l1"), "'linf', 'l2'"),
+        (dict(targeted=True), "target"),
+        (dict(target=np.zeros(4, int)), "targeted"),
+        (dict(temperature=0.0), "temperature"),
+        (dict(temperature=float("nan")), "temperature"),
+    ],
+)
+def test_pgd_rejects_bad_arguments(kwargs, message):
+    model = lambda images: tf.zeros([tf.shape(images)[0], NUM_CLASSES])
+    x, y = np.full((4, 2, 2, 1), 0.5, "float32"), np.zeros(4, int)
+    with pytest.raises(ValueError, match=message):
+        pgd(model, x, y, **kwargs)
+
+
+def test_attacks_reject_bad_shapes_and_ranges():
+    model = lambda images: tf.zeros([tf.shape(images)[0], NUM_CLASSES])
+    x, y = np.full((4, 2, 2, 1), 0.5, "float32"), np.zeros(4, int)
+    with pytest.raises(ValueError, match="batch size"):
+        pgd(model, x, y[:3])
+    with pytest.raises(ValueError, match="batch size"):
+        pgd(model, x, y, targeted=True, target=y[:2])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        pgd(model, x * 3, y)
+    with pytest.raises(ValueError, match="batch size"):
+        carlini_wagner_l2(model, x, y[:3])
+    with pytest.raises(ValueError, match="target"):
+        carlini_wagner_l2(model, x, y, targeted=True)
+    with pytest.raises(ValueError, match="non-empty"):
+        worst_case(model, x, y, [])
+    with pytest.raises(ValueError, match="temperature"):
+        default_attacks(0.1, temperature=-1.0)
+    attack = functools.partial(pgd, eps=0.1)
+    with pytest.raises(ValueError, match="unique"):
+        worst_case(model, x, y, [("a", attack), ("a", attack)])

@@ -1,0 +1,174 @@
+"""Dataset loaders: digits, CIFAR archives/folders in the official layout, npz, errors."""
+
+import io
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tempscale_tf import data
+
+
+def _cifar_batch(n, rng, fine=False):
+    key = b"fine_labels" if fine else b"labels"
+    return {b"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
+            key: rng.integers(0, 10, size=n).tolist(), b"filenames": [b"x"] * n,
+            b"batch_label": b"b"}
+
+
+def _write_fake_cifar10(folder, rng, n=20):
+    folder.mkdir(parents=True)
+    batches = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batches[name] = _cifar_batch(n, rng)
+        with open(folder / name, "wb") as f:
+            pickle.dump(batches[name], f, protocol=4)
+    return batches
+
+
+def test_digits_split_shapes_and_range():
+    x_train, y_train = data.load_arrays("digits", "train")
+    x_test, y_test = data.load_arrays("digits", "test")
+    assert x_train.shape == (1437, 32, 32, 3) and x_test.shape == (360, 32, 32, 3)
+    assert x_train.dtype == np.float32 and x_train.min() >= 0 and x_train.max() <= 1
+    assert set(np.unique(y_test)) == set(range(10))
+    # the split is fixed: no test image equals a train image's index order by chance
+    again, _ = data.load_arrays("digits", "test")
+    np.testing.assert_array_equal(x_test, again)
+
+
+def test_pipeline_batches_are_deterministic_and_resumable():
+    full = list(data.load("digits", "train", batch_size=100, seed=3, epoch=2))
+    resumed = list(data.load("digits", "train", batch_size=100, seed=3, epoch=2, skip_batches=4))
+    assert len(full) == 14 and len(resumed) == 10  # drop_remainder on train
+    for (xa, ya), (xb, yb) in zip(full[4:], resumed):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+    other_epoch = next(iter(data.load("digits", "train", batch_size=100, seed=3, epoch=3)))
+    assert not np.array_equal(full[0][1], other_epoch[1])
+
+
+def test_augmentation_crop_and_flip_against_numpy():
+    images = tf.random.stateless_uniform([6, 8, 8, 3], seed=[1, 2])
+    seed = tf.constant([5, 7], tf.int64)
+    out = data.augment_batch(images, seed, padding=2, flip=True).numpy()
+    offsets = tf.random.stateless_uniform([6, 2], seed=seed, minval=0, maxval=5,
+                                          dtype=tf.int32).numpy()
+    coin = tf.random.stateless_uniform([6], seed=seed + 1).numpy() < 0.5
+    padded = np.pad(images.numpy(), [(0, 0), (2, 2), (2, 2), (0, 0)])
+    for i in range(6):
+        r, c = offsets[i]
+        ref = padded[i, r:r + 8, c:c + 8]
+        if coin[i]:
+            ref = ref[:, ::-1]
+        np.testing.assert_array_equal(out[i], ref)
+
+
+def test_eval_split_is_in_order_without_augmentation():
+    x, y = data.load_arrays("digits", "test")
+    batches = list(data.load("digits", "test", batch_size=64))
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), y)
+    np.testing.assert_allclose(np.concatenate([b[0] for b in batches]), x)
+
+
+def test_cifar10_python_folder_and_archive(tmp_path):
+    rng = np.random.default_rng(0)
+    batches = _write_fake_cifar10(tmp_path / "folder" / "cifar-10-batches-py", rng)
+    x, y = data.load_arrays("cifar10", "train", tmp_path / "folder")
+    assert x.shape == (100, 32, 32, 3) and x.dtype == np.uint8
+    first = batches["data_batch_1"][b"data"][0].reshape(3, 32, 32).transpose(1, 2, 0)
+    np.testing.assert_array_equal(x[0], first)
+    assert y[:20].tolist() == batches["data_batch_1"][b"labels"]
+    # The same files inside cifar10/cifar-10-python.tar.gz (the ../shared/data layout).
+    archive = tmp_path / "arch" / "cifar10" / "cifar-10-python.tar.gz"
+    archive.parent.mkdir(parents=True)
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "folder" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    xt, yt = data.load_arrays("cifar10", "test", tmp_path / "arch")
+    assert xt.shape == (20, 32, 32, 3)
+    assert yt.tolist() == batches["test_batch"][b"labels"]
+    ds = data.load("cifar10", "test[:10]", tmp_path / "arch", batch_size=4)
+    xb, yb = next(iter(ds))
+    assert xb.dtype == tf.float32 and float(tf.reduce_max(xb)) <= 1.0 and yb.shape == (4,)
+
+
+def test_cifar100_folder(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for split in ("train", "test"):
+        with open(folder / split, "wb") as f:
+            pickle.dump(_cifar_batch(12, rng, fine=True), f)
+    x, y = data.load_arrays("cifar100", "test", tmp_path)
+    assert x.shape == (12, 32, 32, 3) and data.info("cifar100").num_classes == 100
+
+
+def test_tiny_imagenet_layout(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "tiny-imagenet-200"
+    wnids = ["n01", "n02"]
+    (root).mkdir()
+    (root / "wnids.txt").write_text("\n".join(wnids))
+    rng = np.random.default_rng(2)
+    for w in wnids:
+        (root / "train" / w / "images").mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
+                root / "train" / w / "images" / f"{w}_{i}.JPEG")
+    (root / "val" / "images").mkdir(parents=True)
+    lines = []
+    for i, w in enumerate(["n02", "n01", "n02"]):
+        Image.fromarray(np.full((64, 64, 3), i, np.uint8)).save(
+            root / "val" / "images" / f"val_{i}.JPEG")
+        lines.append(f"val_{i}.JPEG\t{w}\t0\t0\t63\t63")
+    (root / "val" / "val_annotations.txt").write_text("\n".join(lines))
+    x, y = data.load_arrays("tiny_imagenet", "train", tmp_path)
+    assert x.shape == (6, 64, 64, 3) and y.tolist() == [0, 0, 0, 1, 1, 1]
+    _, yt = data.load_arrays("tiny_imagenet", "test", tmp_path)
+    assert yt.tolist() == [1, 0, 1]
+
+
+def test_npz_dataset(tmp_path):
+    rng = np.random.default_rng(3)
+    path = tmp_path / "mine.npz"
+    np.savez(path, x_train=rng.integers(0, 256, (10, 8, 8, 3), dtype=np.uint8),
+             y_train=np.arange(10) % 4, x_test=rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8),
+             y_test=np.arange(4))
+    info = data.info(f"npz:{path}")
+    assert info.num_classes == 4 and info.image_shape == (8, 8, 3)
+    x, y = next(iter(data.load(f"npz:{path}", "test", batch_size=4)))
+    assert x.shape == (4, 8, 8, 3) and y.numpy().tolist() == [0, 1, 2, 3]
+    np.savez(tmp_path / "bad.npz", x_train=np.full((2, 4, 4), 3.0), y_train=[0, 1],
+             x_test=np.zeros((1, 4, 4)), y_test=[0])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        data.load_arrays(f"npz:{tmp_path / 'bad.npz'}", "train")
+
+
+def test_real_cifar10_from_shared_data(shared_data_dir):
+    x, y = data.load_arrays("cifar10", "test", shared_data_dir / "cifar10")
+    assert x.shape == (10000, 32, 32, 3) and np.bincount(y).tolist() == [1000] * 10
+    np.testing.assert_allclose(x.reshape(-1, 3).mean(0), (126.0, 123.7, 114.9), atol=0.1)
+
+
+def test_errors_name_the_problem(tmp_path):
+    with pytest.raises(ValueError, match="Unknown dataset 'mnist'"):
+        data.load("mnist")
+    with pytest.raises(ValueError, match="Unknown split"):
+        data.load("digits", "validation")
+    with pytest.raises(FileNotFoundError) as err:
+        data.load("cifar10", "train", data_dir=tmp_path)
+    message = str(err.value)
+    assert "cifar-10-python.tar.gz" in message and str(tmp_path) in message
+    assert "never downloads" in message
+    with pytest.raises(FileNotFoundError, match="tiny-imagenet-200"):
+        data.load_arrays("tiny_imagenet", "train", tmp_path)
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"not an archive")
+    with pytest.raises(ValueError, match="not a readable CIFAR archive"):
+        data.load_arrays("cifar10", "test", tmp_path)
+    with pytest.raises(ValueError, match="batch_size"):
+        data.load("digits", batch_size=0)
+    with pytest.raises(FileNotFoundError, match="npz"):
+        data.load_arrays("npz:/nonexistent/file.npz", "train")
