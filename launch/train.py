@@ -22,12 +22,18 @@ cli.quiet_tensorflow()
 from tempscale_tf import training  # noqa: E402
 
 config_flags.DEFINE_config_file(
-    "config", "configs/digits_small.py", "Experiment config file (configs/*.py).",
+    "config",
+    "configs/digits_small.py",
+    "Experiment config file (configs/*.py).",
     lock_config=False,
 )
 flags.DEFINE_string("workdir", None, "Output folder (checkpoints, TensorBoard, export).")
-flags.DEFINE_integer("cpu_devices", 1, "Split the CPU into this many logical devices "
-                     "(to run MirroredStrategy with several replicas without GPUs).")
+flags.DEFINE_integer(
+    "cpu_devices",
+    1,
+    "Split the CPU into this many logical devices "
+    "(to run MirroredStrategy with several replicas without GPUs).",
+)
 flags.DEFINE_bool("progress", True, "Show a progress bar per epoch.")
 flags.mark_flag_as_required("workdir")
 cli.define_config_overrides(training.default_config(), skip=("cpu_devices",))

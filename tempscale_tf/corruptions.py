@@ -24,11 +24,12 @@ the order in which it draws from the generator.
 
 Image size: every corruption works for any `H, W >= 4` (square or not). The official constants
 are for 32x32 images. Constants measured in pixels (blur radii and sigmas, motion-blur length,
-glass-blur displacement, elastic displacements, snow-flake zoom, synthetic frost texture scale)
-are multiplied by `s = min(H, W) / 32`, so 32x32 images (including 8x8 digits upscaled to
-32x32) use the published constants exactly. Relative constants (zoom factors, pixelate ratio,
-noise levels, JPEG quality, contrast, brightness, fog) are used unchanged. The fog fractal is
-generated on the next power of two `>= max(H, W)` and cropped, as the original does for 32.
+glass-blur displacement, elastic displacements, synthetic frost texture scale, and the
+snow-flake zoom when s > 1) are multiplied by `s = min(H, W) / 32`, so 32x32 images (including
+8x8 digits upscaled to 32x32) use the published constants exactly. Relative constants (zoom
+factors, pixelate ratio, noise levels, JPEG quality, contrast, brightness, fog) are used
+unchanged. The fog fractal is generated on the next power of two `>= max(H, W)` and cropped,
+as the original does for 32.
 
 Differences from the official CIFAR-10-C generator (read these before comparing numbers with
 published CIFAR-10-C results; for those, use `load_cifar10_c` on the official files):
@@ -79,10 +80,11 @@ published CIFAR-10-C results; for those, use `load_cifar10_c` on the official fi
 8. Pixelate used Pillow's BOX resize on uint8 images (down to `int(32 c)`, back up). The
    identical Pillow BOX filter coefficients are applied in floating point (no 8-bit rounding
    between the two resizes).
-9. Impulse noise used `skimage.util.random_noise(mode="s&p")`; it is the same per-element
-   Bernoulli model (each channel value is flipped with probability `amount`, to 1 or 0 with
-   equal odds); the 2019 scikit-image drew a fixed count of positions instead, which is the
-   same up to sampling. Given the same generator it reproduces today's scikit-image exactly.
+9. Impulse noise used `skimage.util.random_noise(mode="s&p")`; this is the same per-element
+   Bernoulli model (each channel value independently flipped with probability `amount`, to 1
+   or 0 with equal odds). Only the random source differs (scikit-image of that era used
+   `np.random.choice`); given the same generator this reproduces today's
+   `random_noise(..., rng=seed)` exactly (tested).
 10. JPEG compression still uses Pillow (quality 80, 65, 58, 50, 40, Pillow's default chroma
     subsampling); float inputs are rounded to uint8 first. Results can differ by a grey level
     between libjpeg builds.

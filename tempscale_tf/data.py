@@ -65,9 +65,7 @@ _TINY_STATS = ((0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821))
 
 def default_data_dir() -> pathlib.Path:
     """`$TEMPSCALE_DATA_DIR`, else `~/tensorflow_datasets`."""
-    return pathlib.Path(
-        os.environ.get(DEFAULT_DATA_DIR_ENV, "~/tensorflow_datasets")
-    ).expanduser()
+    return pathlib.Path(os.environ.get(DEFAULT_DATA_DIR_ENV, "~/tensorflow_datasets")).expanduser()
 
 
 # --------------------------------------------------------------------------- raw array loaders
@@ -135,8 +133,14 @@ def _cifar_python(root: pathlib.Path, folder: str, members):
 def _tfds_arrays(tfds_name, split_name, data_dir):
     import tensorflow_datasets as tfds
 
-    ds = tfds.load(tfds_name, split=split_name, data_dir=str(data_dir), download=False,
-                   batch_size=-1, as_supervised=True)
+    ds = tfds.load(
+        tfds_name,
+        split=split_name,
+        data_dir=str(data_dir),
+        download=False,
+        batch_size=-1,
+        as_supervised=True,
+    )
     images, labels = tfds.as_numpy(ds)
     return images.astype(np.uint8), labels.astype(np.int64)
 
@@ -148,7 +152,9 @@ def _tfds_prepared(data_dir: pathlib.Path, tfds_name: str) -> bool:
 def _cifar_arrays(name, split_name, data_dir):
     if name == "cifar10":
         folder, archive = "cifar-10-batches-py", "cifar-10-python.tar.gz"
-        members = [f"data_batch_{i}" for i in range(1, 6)] if split_name == "train" else ["test_batch"]
+        members = (
+            [f"data_batch_{i}" for i in range(1, 6)] if split_name == "train" else ["test_batch"]
+        )
     else:
         folder, archive = "cifar-100-python", "cifar-100-python.tar.gz"
         members = ["train"] if split_name == "train" else ["test"]
@@ -157,11 +163,15 @@ def _cifar_arrays(name, split_name, data_dir):
         return _cifar_python(root, folder, members)
     if _tfds_prepared(data_dir, name):
         return _tfds_arrays(name, split_name, data_dir)
-    raise _missing(name, data_dir, [
-        f"the official python-version archive {archive} (or its extracted folder {folder}/) "
-        f"in {data_dir} or {data_dir / name}",
-        f"a tensorflow-datasets build prepared in {data_dir / name}/<version>/",
-    ])
+    raise _missing(
+        name,
+        data_dir,
+        [
+            f"the official python-version archive {archive} (or its extracted folder {folder}/) "
+            f"in {data_dir} or {data_dir / name}",
+            f"a tensorflow-datasets build prepared in {data_dir / name}/<version>/",
+        ],
+    )
 
 
 def _tiny_imagenet_arrays(split_name, data_dir):
@@ -169,9 +179,11 @@ def _tiny_imagenet_arrays(split_name, data_dir):
 
     root = _find(data_dir, ["tiny-imagenet-200", "."])
     if root is None or not (root / "wnids.txt").exists():
-        raise _missing("tiny_imagenet", data_dir, [
-            f"the folder tiny-imagenet-200/ (with wnids.txt, train/, val/) in {data_dir}"
-        ])
+        raise _missing(
+            "tiny_imagenet",
+            data_dir,
+            [f"the folder tiny-imagenet-200/ (with wnids.txt, train/, val/) in {data_dir}"],
+        )
     wnids = (root / "wnids.txt").read_text().split()
     index = {w: i for i, w in enumerate(wnids)}
     files, labels = [], []
@@ -183,7 +195,9 @@ def _tiny_imagenet_arrays(split_name, data_dir):
     else:
         annotations = root / "val" / "val_annotations.txt"
         if not annotations.exists():
-            raise FileNotFoundError(f"{annotations} is missing: tiny-imagenet-200/val is incomplete")
+            raise FileNotFoundError(
+                f"{annotations} is missing: tiny-imagenet-200/val is incomplete"
+            )
         for line in annotations.read_text().splitlines():
             fields = line.split("\t")
             if len(fields) >= 2:
@@ -203,21 +217,27 @@ def _npz_arrays(path, split_name):
         keys = (f"x_{split_name}", f"y_{split_name}")
         missing = [k for k in keys if k not in arrays]
         if missing:
-            raise ValueError(f"{path} has no arrays {missing}; expected x_train, y_train, x_test, "
-                             f"y_test (found {sorted(arrays.keys())})")
+            raise ValueError(
+                f"{path} has no arrays {missing}; expected x_train, y_train, x_test, "
+                f"y_test (found {sorted(arrays.keys())})"
+            )
         images, labels = arrays[keys[0]], arrays[keys[1]]
     if images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4:
         raise ValueError(f"{path}: {keys[0]} must be [N, H, W] or [N, H, W, C], got {images.shape}")
     if labels.ndim != 1 or len(labels) != len(images):
-        raise ValueError(f"{path}: {keys[1]} must be [N] integer labels matching {keys[0]}, "
-                         f"got {labels.shape} for {len(images)} images")
+        raise ValueError(
+            f"{path}: {keys[1]} must be [N] integer labels matching {keys[0]}, "
+            f"got {labels.shape} for {len(images)} images"
+        )
     if images.dtype != np.uint8:
         images = images.astype("float32")
         if images.min() < 0.0 or images.max() > 1.0:
-            raise ValueError(f"{path}: float images must lie in [0, 1] (got range "
-                             f"[{images.min()}, {images.max()}]); store uint8 0..255 otherwise")
+            raise ValueError(
+                f"{path}: float images must lie in [0, 1] (got range "
+                f"[{images.min()}, {images.max()}]); store uint8 0..255 otherwise"
+            )
     return images, labels.astype(np.int64)
 
 
@@ -288,10 +308,13 @@ def info(name: str, data_dir=None) -> DatasetInfo:
     scale = 255.0 if x.dtype == np.uint8 else 1.0
     xf = x.astype("float32") / scale
     return DatasetInfo(
-        name, int(max(y.max(), y_test.max())) + 1, tuple(x.shape[1:]),
+        name,
+        int(max(y.max(), y_test.max())) + 1,
+        tuple(x.shape[1:]),
         tuple(float(v) for v in xf.mean(axis=(0, 1, 2))),
         tuple(float(v) for v in xf.std(axis=(0, 1, 2)) + 1e-8),
-        flip=False, crop_padding=0,
+        flip=False,
+        crop_padding=0,
     )
 
 
@@ -324,9 +347,21 @@ def augment_batch(images, seed, padding: int = 4, flip: bool = True):
     return images
 
 
-def load(name: str, split: str = "train", data_dir=None, batch_size: int = 128, *,
-         shuffle=None, augment=None, seed: int = 0, epoch: int = 0, skip_batches: int = 0,
-         subset=None, drop_remainder=None, prefetch: bool = True) -> tf.data.Dataset:
+def load(
+    name: str,
+    split: str = "train",
+    data_dir=None,
+    batch_size: int = 128,
+    *,
+    shuffle=None,
+    augment=None,
+    seed: int = 0,
+    epoch: int = 0,
+    skip_batches: int = 0,
+    subset=None,
+    drop_remainder=None,
+    prefetch: bool = True,
+) -> tf.data.Dataset:
     """A batched, prefetched dataset of (images float32 [B,H,W,C] in [0, 1], labels int32 [B]).
 
     Args:
@@ -366,8 +401,9 @@ def load(name: str, split: str = "train", data_dir=None, batch_size: int = 128, 
         x = tf.cast(tf.gather(images_t, idx), tf.float32) * scale
         y = tf.gather(labels_t, idx)
         if augment:
-            batch_seed = tf.stack([tf.cast(seed, tf.int64),
-                                   tf.cast(epoch, tf.int64) * 1_000_003 + batch_index])
+            batch_seed = tf.stack(
+                [tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64) * 1_000_003 + batch_index]
+            )
             x = augment_batch(x, batch_seed, ds_info.crop_padding, ds_info.flip)
         return x, y
 

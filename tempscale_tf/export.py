@@ -32,13 +32,20 @@ def export_saved_model(model: keras.Model, path, temperature: float, save_keras:
         archive = keras.export.ExportArchive()
         archive.track(model)
         archive.add_endpoint(
-            "serving_default", serve,
+            "serving_default",
+            serve,
             input_signature=[tf.TensorSpec((None, *image_shape), tf.float32, name="images")],
         )
         archive.write_out(tmp, verbose=False)
-        atomic_write_json(os.path.join(tmp, INFO_FILE),
-                          {"temperature": temperature, "image_shape": list(image_shape),
-                           "num_classes": int(model.output_shape[-1]), "model": model.name})
+        atomic_write_json(
+            os.path.join(tmp, INFO_FILE),
+            {
+                "temperature": temperature,
+                "image_shape": list(image_shape),
+                "num_classes": int(model.output_shape[-1]),
+                "model": model.name,
+            },
+        )
         if save_keras:
             model.save(os.path.join(tmp, "model.keras"))
 

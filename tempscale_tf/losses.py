@@ -31,7 +31,8 @@ def _one_hot_targets(labels, num_classes: int, logits_rank: int):
     if labels.shape.rank != logits_rank - 1:
         raise ValueError(
             f"labels must be integer class ids of shape [batch] or one-hot of shape "
-            f"[batch, {num_classes}], received shape {labels.shape} for logits of rank {logits_rank}"
+            f"[batch, {num_classes}], received shape {labels.shape} "
+            f"for logits of rank {logits_rank}"
         )
     if labels.dtype.is_floating:
         labels = tf.cast(labels, tf.int32)
@@ -54,8 +55,9 @@ def _check_tensor_temperature(temperature):
     return tf.constant(check_temperature(temperature), tf.float32)
 
 
-def temperature_cross_entropy(labels, logits, temperature=1.0, label_smoothing: float = 0.0,
-                              reduction: str | None = None):
+def temperature_cross_entropy(
+    labels, logits, temperature=1.0, label_smoothing: float = 0.0, reduction: str | None = None
+):
     """Cross-entropy of `softmax(logits / temperature)` against `labels`.
 
     Args:
@@ -115,8 +117,15 @@ class TemperatureCrossEntropy(keras.losses.Loss):
     Reference: the gradient w.r.t. the logits is `(softmax(z / T) - y) / T`.
     """
 
-    def __init__(self, temperature=1.0, from_logits=True, label_smoothing=0.0,
-                 reduction="sum_over_batch_size", name="temperature_cross_entropy", **kwargs):
+    def __init__(
+        self,
+        temperature=1.0,
+        from_logits=True,
+        label_smoothing=0.0,
+        reduction="sum_over_batch_size",
+        name="temperature_cross_entropy",
+        **kwargs,
+    ):
         super().__init__(reduction=reduction, name=name, dtype="float32", **kwargs)
         self.temperature = check_temperature(temperature)
         if not from_logits:

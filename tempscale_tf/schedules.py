@@ -24,8 +24,9 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
       gamma: step-decay factor.
     """
 
-    def __init__(self, base_lr, total_steps, warmup_steps=0, kind="cosine",
-                 milestones=(0.5, 0.75), gamma=0.1):
+    def __init__(
+        self, base_lr, total_steps, warmup_steps=0, kind="cosine", milestones=(0.5, 0.75), gamma=0.1
+    ):
         if kind not in SCHEDULES:
             raise ValueError(f"Unknown schedule {kind!r}; choose one of {SCHEDULES}")
         if not (math.isfinite(base_lr) and base_lr > 0):
@@ -48,11 +49,17 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
             for m in self.milestones:
                 lr = tf.where(step >= m * self.total_steps, lr * self.gamma, lr)
         if self.warmup_steps > 0:
-            lr = tf.where(step < self.warmup_steps,
-                          self.base_lr * (step + 1.0) / self.warmup_steps, lr)
+            lr = tf.where(
+                step < self.warmup_steps, self.base_lr * (step + 1.0) / self.warmup_steps, lr
+            )
         return lr
 
     def get_config(self):
-        return dict(base_lr=self.base_lr, total_steps=self.total_steps,
-                    warmup_steps=self.warmup_steps, kind=self.kind,
-                    milestones=self.milestones, gamma=self.gamma)
+        return dict(
+            base_lr=self.base_lr,
+            total_steps=self.total_steps,
+            warmup_steps=self.warmup_steps,
+            kind=self.kind,
+            milestones=self.milestones,
+            gamma=self.gamma,
+        )

@@ -43,9 +43,22 @@ from tempscale_tf.schedules import WarmupSchedule
 from tempscale_tf.validation import check_positive_int, check_temperature
 
 # Settings that must not change when a run resumes in the same workdir.
-_RESUME_KEYS = ("dataset", "train_split", "train_subset", "model", "model_kwargs", "temperature",
-                "label_smoothing", "batch_size", "seed", "lr", "momentum", "weight_decay",
-                "schedule", "adv_train")
+_RESUME_KEYS = (
+    "dataset",
+    "train_split",
+    "train_subset",
+    "model",
+    "model_kwargs",
+    "temperature",
+    "label_smoothing",
+    "batch_size",
+    "seed",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "schedule",
+    "adv_train",
+)
 
 
 class CheckpointError(RuntimeError):
@@ -79,6 +92,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.step_milestones = (0.5, 0.75)
     c.step_gamma = 0.1
     c.seed = 0
+    # Compensate the 1/T gradient scale: lr -> lr * T and weight_decay -> weight_decay / T (so
+    # lr * weight_decay is unchanged). Off by default (the paper uses the same lr at every T).
+    c.scale_lr_with_temperature = False
 
     c.strategy = "auto"
     c.sync_batch_norm = True  # synchronise BN statistics across replicas
@@ -113,7 +129,9 @@ def validate_config(config) -> None:
     check_positive_int(config.epochs, "epochs")
     check_positive_int(config.batch_size, "batch_size")
     if config.model not in models.MODELS:
-        raise ValueError(f"Unknown model {config.model!r}. Available models: {sorted(models.MODELS)}")
+        raise ValueError(
+            f"Unknown model {config.model!r}. Available models: {sorted(models.MODELS)}"
+        )
     data_lib._check_name(config.dataset)
     for name in ("lr",):
         value = config[name]
@@ -132,8 +150,11 @@ def _data_dir(config):
 def build_model_from_config(config, strategy=None) -> keras.Model:
     """The model of a training config, with the dataset's normalisation, under `strategy`."""
     info = data_lib.info(config.dataset, _data_dir(config))
-    kwargs = dict(config.model_kwargs.to_dict() if hasattr(config.model_kwargs, "to_dict")
-                  else config.model_kwargs)
+    kwargs = dict(
+        config.model_kwargs.to_dict()
+        if hasattr(config.model_kwargs, "to_dict")
+        else config.model_kwargs
+    )
     if config.normalize:
         kwargs.setdefault("mean", info.mean)
         kwargs.setdefault("std", info.std)
@@ -141,9 +162,19 @@ def build_model_from_config(config, strategy=None) -> keras.Model:
         # Synchronised BN makes a multi-replica step equal to the single-device step; it needs
         # the replica step outside XLA (a cross-replica merge_call), so it is off with jit.
         replicas = strategy.num_replicas_in_sync if strategy is not None else 1
-        kwargs.setdefault("synchronized_bn", bool(config.sync_batch_norm) and replicas > 1
-                          and not distribute.resolve_jit_compile(config.jit_compile))
+        kwargs.setdefault(
+            "synchronized_bn",
+            bool(config.sync_batch_norm)
+            and replicas > 1
+            and not distribute.resolve_jit_compile(config.jit_compile),
+        )
     return models.build_model(config.model, info.num_classes, info.image_shape, **kwargs)
+
+
+def effective_hparams(config) -> tuple[float, float]:
+    """(learning rate, weight decay) after `scale_lr_with_temperature`."""
+    factor = float(config.temperature) if config.scale_lr_with_temperature else 1.0
+    return float(config.lr) * factor, float(config.weight_decay) / factor
 
 
 def _decayed(variable) -> bool:
@@ -164,11 +195,16 @@ def _make_state(config, workdir, strategy, total_steps, steps_per_epoch) -> Trai
         finally:
             keras.config.set_dtype_policy(previous)
         schedule = WarmupSchedule(
-            config.lr, total_steps, int(round(config.warmup_epochs * steps_per_epoch)),
-            config.schedule, tuple(config.step_milestones), config.step_gamma,
+            effective_hparams(config)[0],
+            total_steps,
+            int(round(config.warmup_epochs * steps_per_epoch)),
+            config.schedule,
+            tuple(config.step_milestones),
+            config.step_gamma,
         )
-        optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=config.momentum,
-                                         nesterov=config.nesterov)
+        optimizer = keras.optimizers.SGD(
+            learning_rate=schedule, momentum=config.momentum, nesterov=config.nesterov
+        )
         if policy == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(model.trainable_variables)
@@ -180,7 +216,9 @@ def _make_state(config, workdir, strategy, total_steps, steps_per_epoch) -> Trai
     }
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **accumulators)
     manager = tf.train.CheckpointManager(
-        checkpoint, os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints,
+        checkpoint,
+        os.path.join(workdir, "checkpoints"),
+        max_to_keep=config.keep_checkpoints,
         step_counter=optimizer.iterations,
     )
     return TrainState(model, optimizer, checkpoint, manager, accumulators, schedule)
@@ -243,15 +281,16 @@ class _Steps:
         self.model, self.optimizer, self.strategy = state.model, state.optimizer, strategy
         self.temperature = check_temperature(config.temperature)
         self.label_smoothing = float(config.label_smoothing)
-        self.weight_decay = float(config.weight_decay)
+        self.weight_decay = effective_hparams(config)[1]
         self.global_batch = float(global_batch)
         replicas = strategy.num_replicas_in_sync
         self.decayed = [_decayed(v) for v in self.model.trainable_variables]
         jit = distribute.resolve_jit_compile(config.jit_compile)
         # XLA needs its own (nested) tf.function; in plain graph mode the replica step is traced
         # inside the outer function, which also allows synchronised batch norm (a merge_call).
-        self._grads = tf.function(self._loss_and_grads, jit_compile=True) if jit \
-            else self._loss_and_grads
+        self._grads = (
+            tf.function(self._loss_and_grads, jit_compile=True) if jit else self._loss_and_grads
+        )
         self._replicas = float(replicas)
         self.train_step = tf.function(self._distributed_train_step, reduce_retracing=True)
         self.eval_step = tf.function(self._distributed_eval_step, reduce_retracing=True)
@@ -264,17 +303,25 @@ class _Steps:
                 labels, logits, self.temperature, label_smoothing=self.label_smoothing
             )
             loss = tf.reduce_sum(per_example) / self.global_batch
-            scaled = (self.optimizer.scale_loss(loss)
-                      if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer) else loss)
+            scaled = (
+                self.optimizer.scale_loss(loss)
+                if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+                else loss
+            )
         grads = tape.gradient(scaled, variables)
         if self.weight_decay:
             # Gradients are summed over replicas: add 1/replicas of the decay on each.
             wd = self.weight_decay / self._replicas
-            grads = [g + tf.cast(wd, g.dtype) * tf.cast(v, g.dtype) if d else g
-                     for g, v, d in zip(grads, variables, self.decayed)]
+            grads = [
+                g + tf.cast(wd, g.dtype) * tf.cast(v, g.dtype) if d else g
+                for g, v, d in zip(grads, variables, self.decayed)
+            ]
         correct = tf.reduce_sum(
-            tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
-                             tf.cast(labels, tf.int32)), tf.float32))
+            tf.cast(
+                tf.equal(tf.argmax(logits, -1, output_type=tf.int32), tf.cast(labels, tf.int32)),
+                tf.float32,
+            )
+        )
         return grads, tf.reduce_sum(per_example), correct
 
     def _replica_train_step(self, images, labels):
@@ -285,13 +332,16 @@ class _Steps:
     def _replica_eval_step(self, images, labels):
         logits = self.model(images, training=False)
         per_example = temperature_cross_entropy(labels, logits, self.temperature)
-        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
-                                                 tf.cast(labels, tf.int32)), tf.float32))
+        correct = tf.reduce_sum(
+            tf.cast(
+                tf.equal(tf.argmax(logits, -1, output_type=tf.int32), tf.cast(labels, tf.int32)),
+                tf.float32,
+            )
+        )
         return tf.reduce_sum(per_example), correct, tf.cast(tf.shape(labels)[0], tf.float32)
 
     def _reduce(self, per_replica):
-        return [self.strategy.reduce(tf.distribute.ReduceOp.SUM, t, axis=None)
-                for t in per_replica]
+        return [self.strategy.reduce(tf.distribute.ReduceOp.SUM, t, axis=None) for t in per_replica]
 
     def _distributed_train_step(self, batch):
         return self._reduce(self.strategy.run(self._replica_train_step, args=batch))
@@ -306,8 +356,11 @@ def evaluate(steps: _Steps, dataset) -> dict:
     for batch in dataset:
         totals += np.array([float(t) for t in steps.eval_step(batch)])
     loss_sum, correct, count = totals
-    return {"loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1),
-            "count": int(count)}
+    return {
+        "loss": loss_sum / max(count, 1),
+        "accuracy": correct / max(count, 1),
+        "count": int(count),
+    }
 
 
 def predict_logits(model, dataset, max_examples=None):
@@ -368,12 +421,17 @@ def train(config, workdir, strategy=None, progress: bool = True, max_steps=None)
     data_dir = _data_dir(config)
     info = data_lib.info(config.dataset, data_dir)
     train_subset = config.train_subset or None
-    n_train = (train_subset if train_subset
-               else len(data_lib.load_arrays(config.dataset, config.train_split, data_dir)[1]))
+    n_train = (
+        train_subset
+        if train_subset
+        else len(data_lib.load_arrays(config.dataset, config.train_split, data_dir)[1])
+    )
     global_batch = int(config.batch_size)
     if global_batch % strategy.num_replicas_in_sync:
-        raise ValueError(f"batch_size={global_batch} is not divisible by the "
-                         f"{strategy.num_replicas_in_sync} replicas")
+        raise ValueError(
+            f"batch_size={global_batch} is not divisible by the "
+            f"{strategy.num_replicas_in_sync} replicas"
+        )
     steps_per_epoch = n_train // global_batch
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size={global_batch} exceeds the {n_train} training examples")
@@ -382,12 +440,17 @@ def train(config, workdir, strategy=None, progress: bool = True, max_steps=None)
     state = _make_state(config, workdir, strategy, total_steps, steps_per_epoch)
     model_shape = tuple(state.model.input_shape[1:])
     if model_shape != tuple(info.image_shape):
-        raise ValueError(f"dataset {config.dataset!r} has images of shape {info.image_shape} but "
-                         f"model {config.model!r} expects {model_shape}")
+        raise ValueError(
+            f"dataset {config.dataset!r} has images of shape {info.image_shape} but "
+            f"model {config.model!r} expects {model_shape}"
+        )
     if state.manager.latest_checkpoint:
         restore_checkpoint(state.checkpoint, state.manager.latest_checkpoint)
-        logging.info("Resumed from %s at step %d", state.manager.latest_checkpoint,
-                     int(state.optimizer.iterations.numpy()))
+        logging.info(
+            "Resumed from %s at step %d",
+            state.manager.latest_checkpoint,
+            int(state.optimizer.iterations.numpy()),
+        )
     steps = _Steps(config, state, strategy, global_batch)
 
     history_path = os.path.join(workdir, "history.json")
@@ -399,26 +462,44 @@ def train(config, workdir, strategy=None, progress: bool = True, max_steps=None)
         for v in state.accumulators.values():
             v.assign(0.0)
 
-    test_ds = data_lib.load(config.dataset, config.test_split, data_dir, global_batch,
-                            subset=config.test_subset or None)
+    test_ds = data_lib.load(
+        config.dataset, config.test_split, data_dir, global_batch, subset=config.test_subset or None
+    )
     dist_test = strategy.experimental_distribute_dataset(test_ds)
     tb = os.path.join(workdir, "tensorboard")
     train_writer = tf.summary.create_file_writer(os.path.join(tb, "train"))
     test_writer = tf.summary.create_file_writer(os.path.join(tb, "test"))
 
-    logging.info("Training %s on %s at temperature %g: %d epochs x %d steps, global batch %d, "
-                 "%d replica(s), jit_compile=%s", config.model, config.dataset,
-                 config.temperature, config.epochs, steps_per_epoch, global_batch,
-                 strategy.num_replicas_in_sync, distribute.resolve_jit_compile(config.jit_compile))
+    logging.info(
+        "Training %s on %s at temperature %g: %d epochs x %d steps, global batch %d, "
+        "%d replica(s), jit_compile=%s",
+        config.model,
+        config.dataset,
+        config.temperature,
+        config.epochs,
+        steps_per_epoch,
+        global_batch,
+        strategy.num_replicas_in_sync,
+        distribute.resolve_jit_compile(config.jit_compile),
+    )
     run_start = time.time()
     steps_done_here = 0
     acc = state.accumulators
     for epoch in range(start_epoch, config.epochs):
-        train_ds = data_lib.load(config.dataset, config.train_split, data_dir, global_batch,
-                                 seed=config.seed, epoch=epoch, skip_batches=skip,
-                                 subset=train_subset, drop_remainder=True)
-        bar = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["loss", "accuracy"],
-                                  verbose=1 if progress else 0)
+        train_ds = data_lib.load(
+            config.dataset,
+            config.train_split,
+            data_dir,
+            global_batch,
+            seed=config.seed,
+            epoch=epoch,
+            skip_batches=skip,
+            subset=train_subset,
+            drop_remainder=True,
+        )
+        bar = keras.utils.Progbar(
+            steps_per_epoch, stateful_metrics=["loss", "accuracy"], verbose=1 if progress else 0
+        )
         epoch_start = time.time()
         pending = []
         for i, batch in enumerate(strategy.experimental_distribute_dataset(train_ds), start=skip):
@@ -426,8 +507,11 @@ def train(config, workdir, strategy=None, progress: bool = True, max_steps=None)
             steps_done_here += 1
             step = epoch * steps_per_epoch + i + 1
             last = i + 1 == steps_per_epoch
-            save_now = not last and bool(config.checkpoint_every_steps) and (
-                step % config.checkpoint_every_steps == 0)
+            save_now = (
+                not last
+                and bool(config.checkpoint_every_steps)
+                and (step % config.checkpoint_every_steps == 0)
+            )
             stop_now = not last and bool(max_steps) and steps_done_here >= max_steps
             if len(pending) >= config.log_every_steps or last or save_now or stop_now:
                 sums = np.sum([[float(t) for t in p] for p in pending], axis=0)
@@ -436,29 +520,41 @@ def train(config, workdir, strategy=None, progress: bool = True, max_steps=None)
                 acc["correct"].assign_add(sums[1])
                 acc["count"].assign_add(sums[2])
                 count = max(float(acc["count"]), 1.0)
-                bar.update(i + 1, [("loss", float(acc["loss_sum"]) / count),
-                                   ("accuracy", float(acc["correct"]) / count)])
+                bar.update(
+                    i + 1,
+                    [
+                        ("loss", float(acc["loss_sum"]) / count),
+                        ("accuracy", float(acc["correct"]) / count),
+                    ],
+                )
             if save_now or stop_now:
                 acc["seconds"].assign_add(time.time() - epoch_start)
                 epoch_start = time.time()
                 state.manager.save(checkpoint_number=step)
             if stop_now:
-                logging.info("Stopped at step %d (max_steps=%d); rerun to resume.", step,
-                             max_steps)
+                logging.info("Stopped at step %d (max_steps=%d); rerun to resume.", step, max_steps)
                 return {"stopped_at_step": step}
         skip = 0
         acc["seconds"].assign_add(time.time() - epoch_start)
         count = max(float(acc["count"]), 1.0)
-        train_metrics = {"loss": float(acc["loss_sum"]) / count,
-                         "accuracy": float(acc["correct"]) / count}
+        train_metrics = {
+            "loss": float(acc["loss_sum"]) / count,
+            "accuracy": float(acc["correct"]) / count,
+        }
         test_metrics = evaluate(steps, dist_test)
         step = (epoch + 1) * steps_per_epoch
         lr = float(state.schedule(step - 1))
         images_per_sec = count / max(float(acc["seconds"]), 1e-9)
-        record = {"epoch": epoch, "step": step, "train/loss": train_metrics["loss"],
-                  "train/accuracy": train_metrics["accuracy"], "test/loss": test_metrics["loss"],
-                  "test/accuracy": test_metrics["accuracy"], "learning_rate": lr,
-                  "train/images_per_sec": images_per_sec}
+        record = {
+            "epoch": epoch,
+            "step": step,
+            "train/loss": train_metrics["loss"],
+            "train/accuracy": train_metrics["accuracy"],
+            "test/loss": test_metrics["loss"],
+            "test/accuracy": test_metrics["accuracy"],
+            "learning_rate": lr,
+            "train/images_per_sec": images_per_sec,
+        }
         with train_writer.as_default(step=step):
             tf.summary.scalar("loss", train_metrics["loss"])
             tf.summary.scalar("accuracy", train_metrics["accuracy"])
@@ -468,8 +564,14 @@ def train(config, workdir, strategy=None, progress: bool = True, max_steps=None)
             tf.summary.scalar("loss", test_metrics["loss"])
             tf.summary.scalar("accuracy", test_metrics["accuracy"])
         if config.histogram_examples:
-            _write_histograms(test_writer, state.model, test_ds, config.temperature, step,
-                              config.histogram_examples)
+            _write_histograms(
+                test_writer,
+                state.model,
+                test_ds,
+                config.temperature,
+                step,
+                config.histogram_examples,
+            )
         train_writer.flush()
         test_writer.flush()
         history.append(record)
@@ -480,19 +582,34 @@ def train(config, workdir, strategy=None, progress: bool = True, max_steps=None)
         elapsed = time.time() - run_start
         remaining = (config.epochs - epoch - 1) * steps_per_epoch
         eta = elapsed / max(steps_done_here, 1) * remaining
-        logging.info("epoch %d/%d: train loss %.4f acc %.4f | test loss %.4f acc %.4f | "
-                     "lr %.4g | %.0f img/s | ETA %s", epoch + 1, config.epochs,
-                     train_metrics["loss"], train_metrics["accuracy"], test_metrics["loss"],
-                     test_metrics["accuracy"], lr, images_per_sec, _eta(eta))
+        logging.info(
+            "epoch %d/%d: train loss %.4f acc %.4f | test loss %.4f acc %.4f | "
+            "lr %.4g | %.0f img/s | ETA %s",
+            epoch + 1,
+            config.epochs,
+            train_metrics["loss"],
+            train_metrics["accuracy"],
+            test_metrics["loss"],
+            test_metrics["accuracy"],
+            lr,
+            images_per_sec,
+            _eta(eta),
+        )
         if max_steps and steps_done_here >= max_steps and epoch + 1 < config.epochs:
             return {"stopped_at_step": step}
 
     final = history[-1] if history else {}
     metrics = {
-        "dataset": config.dataset, "model": config.model, "temperature": config.temperature,
-        "epochs": config.epochs, "seed": config.seed, "batch_size": global_batch,
-        "steps": int(state.optimizer.iterations.numpy()), "replicas": strategy.num_replicas_in_sync,
-        "train_examples": n_train, **{k: v for k, v in final.items() if "/" in k},
+        "dataset": config.dataset,
+        "model": config.model,
+        "temperature": config.temperature,
+        "epochs": config.epochs,
+        "seed": config.seed,
+        "batch_size": global_batch,
+        "steps": int(state.optimizer.iterations.numpy()),
+        "replicas": strategy.num_replicas_in_sync,
+        "train_examples": n_train,
+        **{k: v for k, v in final.items() if "/" in k},
         "num_parameters": int(state.model.count_params()),
     }
     if config.export:

@@ -19,7 +19,9 @@ def check_temperature(temperature, name: str = "temperature") -> float:
       name: the argument's name, used in the error message.
     """
     if isinstance(temperature, bool):
-        raise ValueError(f"`{name}` must be a positive finite number, received a bool: {temperature!r}")
+        raise ValueError(
+            f"`{name}` must be a positive finite number, received a bool: {temperature!r}"
+        )
     if isinstance(temperature, np.ndarray):
         if temperature.shape != ():
             raise ValueError(
@@ -40,9 +42,7 @@ def check_temperature(temperature, name: str = "temperature") -> float:
     if math.isinf(value):
         raise ValueError(f"`{name}` must be a positive finite number, received {value}")
     if value <= 0.0:
-        raise ValueError(
-            f"`{name}` must be > 0 (it divides the logits), received {value}"
-        )
+        raise ValueError(f"`{name}` must be > 0 (it divides the logits), received {value}")
     return value
 
 
@@ -51,7 +51,9 @@ def check_image_shape(image_shape, name: str = "image_shape") -> tuple[int, int,
     try:
         shape = tuple(int(s) for s in image_shape)
     except TypeError:
-        raise ValueError(f"`{name}` must be (height, width, channels), received {image_shape!r}") from None
+        raise ValueError(
+            f"`{name}` must be (height, width, channels), received {image_shape!r}"
+        ) from None
     if len(shape) != 3 or any(s <= 0 for s in shape):
         raise ValueError(
             f"`{name}` must be three positive integers (height, width, channels), "

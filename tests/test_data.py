@@ -1,6 +1,5 @@
 """Dataset loaders: digits, CIFAR archives/folders in the official layout, npz, errors."""
 
-import io
 import pickle
 import tarfile
 
@@ -13,9 +12,12 @@ from tempscale_tf import data
 
 def _cifar_batch(n, rng, fine=False):
     key = b"fine_labels" if fine else b"labels"
-    return {b"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
-            key: rng.integers(0, 10, size=n).tolist(), b"filenames": [b"x"] * n,
-            b"batch_label": b"b"}
+    return {
+        b"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
+        key: rng.integers(0, 10, size=n).tolist(),
+        b"filenames": [b"x"] * n,
+        b"batch_label": b"b",
+    }
 
 
 def _write_fake_cifar10(folder, rng, n=20):
@@ -54,13 +56,14 @@ def test_augmentation_crop_and_flip_against_numpy():
     images = tf.random.stateless_uniform([6, 8, 8, 3], seed=[1, 2])
     seed = tf.constant([5, 7], tf.int64)
     out = data.augment_batch(images, seed, padding=2, flip=True).numpy()
-    offsets = tf.random.stateless_uniform([6, 2], seed=seed, minval=0, maxval=5,
-                                          dtype=tf.int32).numpy()
+    offsets = tf.random.stateless_uniform(
+        [6, 2], seed=seed, minval=0, maxval=5, dtype=tf.int32
+    ).numpy()
     coin = tf.random.stateless_uniform([6], seed=seed + 1).numpy() < 0.5
     padded = np.pad(images.numpy(), [(0, 0), (2, 2), (2, 2), (0, 0)])
     for i in range(6):
         r, c = offsets[i]
-        ref = padded[i, r:r + 8, c:c + 8]
+        ref = padded[i, r : r + 8, c : c + 8]
         if coin[i]:
             ref = ref[:, ::-1]
         np.testing.assert_array_equal(out[i], ref)
@@ -117,12 +120,14 @@ def test_tiny_imagenet_layout(tmp_path):
         (root / "train" / w / "images").mkdir(parents=True)
         for i in range(3):
             Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
-                root / "train" / w / "images" / f"{w}_{i}.JPEG")
+                root / "train" / w / "images" / f"{w}_{i}.JPEG"
+            )
     (root / "val" / "images").mkdir(parents=True)
     lines = []
     for i, w in enumerate(["n02", "n01", "n02"]):
         Image.fromarray(np.full((64, 64, 3), i, np.uint8)).save(
-            root / "val" / "images" / f"val_{i}.JPEG")
+            root / "val" / "images" / f"val_{i}.JPEG"
+        )
         lines.append(f"val_{i}.JPEG\t{w}\t0\t0\t63\t63")
     (root / "val" / "val_annotations.txt").write_text("\n".join(lines))
     x, y = data.load_arrays("tiny_imagenet", "train", tmp_path)
@@ -134,15 +139,24 @@ def test_tiny_imagenet_layout(tmp_path):
 def test_npz_dataset(tmp_path):
     rng = np.random.default_rng(3)
     path = tmp_path / "mine.npz"
-    np.savez(path, x_train=rng.integers(0, 256, (10, 8, 8, 3), dtype=np.uint8),
-             y_train=np.arange(10) % 4, x_test=rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8),
-             y_test=np.arange(4))
+    np.savez(
+        path,
+        x_train=rng.integers(0, 256, (10, 8, 8, 3), dtype=np.uint8),
+        y_train=np.arange(10) % 4,
+        x_test=rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8),
+        y_test=np.arange(4),
+    )
     info = data.info(f"npz:{path}")
     assert info.num_classes == 4 and info.image_shape == (8, 8, 3)
     x, y = next(iter(data.load(f"npz:{path}", "test", batch_size=4)))
     assert x.shape == (4, 8, 8, 3) and y.numpy().tolist() == [0, 1, 2, 3]
-    np.savez(tmp_path / "bad.npz", x_train=np.full((2, 4, 4), 3.0), y_train=[0, 1],
-             x_test=np.zeros((1, 4, 4)), y_test=[0])
+    np.savez(
+        tmp_path / "bad.npz",
+        x_train=np.full((2, 4, 4), 3.0),
+        y_train=[0, 1],
+        x_test=np.zeros((1, 4, 4)),
+        y_test=[0],
+    )
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         data.load_arrays(f"npz:{tmp_path / 'bad.npz'}", "train")
 

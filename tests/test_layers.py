@@ -19,8 +19,9 @@ def test_softmax_matches_numpy(t):
     z = np.random.default_rng(0).normal(size=(5, 4)).astype("float32") * 10
     layer = TemperatureSoftmax(temperature=t)
     assert layer.temperature == t
-    np.testing.assert_allclose(layer(z).numpy(), np_softmax(z.astype(np.float64) / t),
-                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        layer(z).numpy(), np_softmax(z.astype(np.float64) / t), rtol=1e-5, atol=1e-7
+    )
 
 
 def test_softmax_float32_under_mixed_precision():

@@ -108,8 +108,9 @@ def test_loss_serialization_round_trip():
     assert isinstance(restored, TemperatureCrossEntropy)
     assert restored.temperature == 70.0 and restored.label_smoothing == 0.05
     logits = np.random.default_rng(3).normal(size=(4, 3)).astype("float32")
-    np.testing.assert_allclose(float(loss([0, 1, 2, 0], logits)),
-                               float(restored([0, 1, 2, 0], logits)), rtol=1e-7)
+    np.testing.assert_allclose(
+        float(loss([0, 1, 2, 0], logits)), float(restored([0, 1, 2, 0], logits)), rtol=1e-7
+    )
 
 
 def test_loss_in_compiled_keras_model_trains():
@@ -135,8 +136,9 @@ def test_tensor_temperature_checked_at_run_time():
     def f(t):
         return temperature_cross_entropy([0], [[1.0, 2.0]], t)
 
-    np.testing.assert_allclose(f(tf.constant(2.0)).numpy(),
-                               temperature_cross_entropy([0], [[1.0, 2.0]], 2.0).numpy())
+    np.testing.assert_allclose(
+        f(tf.constant(2.0)).numpy(), temperature_cross_entropy([0], [[1.0, 2.0]], 2.0).numpy()
+    )
     with pytest.raises(tf.errors.InvalidArgumentError, match="temperature"):
         f(tf.constant(-1.0))
 

@@ -24,8 +24,15 @@ def test_resnet20_parameter_count():
     assert 0.26e6 < build_model("resnet20_cifar", 10).count_params() < 0.28e6
 
 
-@pytest.mark.parametrize("name,shape", [("small_cnn", (32, 32, 3)), ("resnet20_cifar", (32, 32, 3)),
-                                        ("vit_tiny", (32, 32, 3)), ("small_cnn", (64, 64, 3))])
+@pytest.mark.parametrize(
+    "name,shape",
+    [
+        ("small_cnn", (32, 32, 3)),
+        ("resnet20_cifar", (32, 32, 3)),
+        ("vit_tiny", (32, 32, 3)),
+        ("small_cnn", (64, 64, 3)),
+    ],
+)
 def test_forward_shapes_and_features(name, shape):
     model = build_model(name, 7, shape, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
     x = np.random.default_rng(0).uniform(size=(2, *shape)).astype("float32")
@@ -47,7 +54,11 @@ def test_vit_s16_configuration():
     model = build_model("vit_s16", 10, (32, 32, 3))
     backbone = model.get_layer("vit_backbone")
     assert (backbone.num_layers, backbone.num_heads, backbone.hidden_dim, backbone.mlp_dim) == (
-        12, 6, 384, 1536)
+        12,
+        6,
+        384,
+        1536,
+    )
     assert backbone.image_shape[:2] == (224, 224) and backbone.patch_size == (16, 16)
     assert 21.6e6 < model.count_params() < 21.8e6
 
@@ -69,17 +80,28 @@ def test_keras_round_trip(tmp_path):
 
 def test_big_vision_npz_loading(tmp_path):
     """Write a checkpoint in the big_vision layout with known values and load it."""
-    model = build_model("vit_tiny", 3, (16, 16, 3), patch_size=8, num_layers=2, hidden_dim=8,
-                        num_heads=2, mlp_dim=16)
+    model = build_model(
+        "vit_tiny",
+        3,
+        (16, 16, 3),
+        patch_size=8,
+        num_layers=2,
+        hidden_dim=8,
+        num_heads=2,
+        mlp_dim=16,
+    )
     backbone = model.get_layer("vit_backbone")
     rng = np.random.default_rng(3)
     d, h, k = 8, 2, 4
-    params = {"cls": rng.normal(size=(1, 1, d)), "embedding/kernel": rng.normal(size=(8, 8, 3, d)),
-              "embedding/bias": rng.normal(size=(d,)),
-              "Transformer/posembed_input/pos_embedding": rng.normal(size=(1, 5, d)),
-              "Transformer/encoder_norm/scale": rng.normal(size=(d,)),
-              "Transformer/encoder_norm/bias": rng.normal(size=(d,)),
-              "head/kernel": rng.normal(size=(d, 1000))}
+    params = {
+        "cls": rng.normal(size=(1, 1, d)),
+        "embedding/kernel": rng.normal(size=(8, 8, 3, d)),
+        "embedding/bias": rng.normal(size=(d,)),
+        "Transformer/posembed_input/pos_embedding": rng.normal(size=(1, 5, d)),
+        "Transformer/encoder_norm/scale": rng.normal(size=(d,)),
+        "Transformer/encoder_norm/bias": rng.normal(size=(d,)),
+        "head/kernel": rng.normal(size=(d, 1000)),
+    }
     for i in range(2):
         p = f"Transformer/encoderblock_{i}/"
         for n in ("query", "key", "value"):
@@ -97,13 +119,19 @@ def test_big_vision_npz_loading(tmp_path):
     np.savez(tmp_path / "vit.npz", **params)
     load_big_vision_npz(backbone, str(tmp_path / "vit.npz"))
     by_path = {v.path.split("vit_backbone/")[-1]: v.numpy() for v in backbone.weights}
-    np.testing.assert_allclose(by_path["vit_patching_and_embedding/class_token"], params["cls"],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        by_path["vit_patching_and_embedding/class_token"], params["cls"], rtol=1e-6
+    )
     np.testing.assert_allclose(
         by_path["vit_encoder/transformer_block_2/mha/attention_output/kernel"],
-        params["Transformer/encoderblock_1/MultiHeadDotProductAttention_1/out/kernel"], rtol=1e-6)
-    np.testing.assert_allclose(by_path["vit_patching_and_embedding/position_embedding/embeddings"],
-                               params["Transformer/posembed_input/pos_embedding"][0], rtol=1e-6)
+        params["Transformer/encoderblock_1/MultiHeadDotProductAttention_1/out/kernel"],
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(
+        by_path["vit_patching_and_embedding/position_embedding/embeddings"],
+        params["Transformer/posembed_input/pos_embedding"][0],
+        rtol=1e-6,
+    )
     # A checkpoint for another width is refused with a message naming the parameter.
     params["embedding/bias"] = np.zeros(16)
     np.savez(tmp_path / "bad.npz", **params)
@@ -113,10 +141,14 @@ def test_big_vision_npz_loading(tmp_path):
 
 def test_attention_temperature_changes_the_scale():
     model = build_model("vit_tiny", 3, (16, 16, 3), attention_temperature=4.0)
-    mhas = [layer for layer in model.get_layer("vit_backbone")._flatten_layers()
-            if isinstance(layer, keras.layers.MultiHeadAttention)]
-    assert mhas and all(np.isclose(m._inverse_sqrt_key_dim, 1 / (4.0 * np.sqrt(m._key_dim)))
-                        for m in mhas)
+    mhas = [
+        layer
+        for layer in model.get_layer("vit_backbone")._flatten_layers()
+        if isinstance(layer, keras.layers.MultiHeadAttention)
+    ]
+    assert mhas and all(
+        np.isclose(m._inverse_sqrt_key_dim, 1 / (4.0 * np.sqrt(m._key_dim))) for m in mhas
+    )
     with pytest.raises(ValueError, match="attention_temperature"):
         set_attention_temperature(model.get_layer("vit_backbone"), 0.0)
 

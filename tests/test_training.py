@@ -56,8 +56,9 @@ def test_stop_mid_epoch_and_resume_ends_at_same_weights(tmp_path):
     strategy = tf.distribute.get_strategy()
     config = tiny_config(checkpoint_every_steps=2)
     full = training.train(config, tmp_path / "full", strategy=strategy, progress=False)
-    stopped = training.train(config, tmp_path / "split", strategy=strategy, progress=False,
-                             max_steps=5)
+    stopped = training.train(
+        config, tmp_path / "split", strategy=strategy, progress=False, max_steps=5
+    )
     assert stopped == {"stopped_at_step": 5}  # 4 steps per epoch: stopped inside epoch 2
     resumed = training.train(config, tmp_path / "split", strategy=strategy, progress=False)
     assert resumed["steps"] == full["steps"] == 12
@@ -72,15 +73,31 @@ def test_stop_mid_epoch_and_resume_ends_at_same_weights(tmp_path):
 
 def test_killed_process_resumes_and_matches(tmp_path):
     """SIGKILL the launcher after its second checkpoint; rerunning finishes the same run."""
-    args = [sys.executable, str(REPO / "launch" / "train.py"),
-            "--config=configs/digits_small.py", "--epochs=4", "--train_subset=512",
-            "--test_subset=64", "--batch_size=64", "--checkpoint_every_steps=3",
-            "--config.model_kwargs.width=4", "--deterministic", "--noexport",
-            "--histogram_examples=0", "--progress=false", "--strategy=default"]
+    args = [
+        sys.executable,
+        str(REPO / "launch" / "train.py"),
+        "--config=configs/digits_small.py",
+        "--epochs=4",
+        "--train_subset=512",
+        "--test_subset=64",
+        "--batch_size=64",
+        "--checkpoint_every_steps=3",
+        "--config.model_kwargs.width=4",
+        "--deterministic",
+        "--noexport",
+        "--histogram_examples=0",
+        "--progress=false",
+        "--strategy=default",
+    ]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(args + [f"--workdir={killed}"], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        args + [f"--workdir={killed}"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     ckpt_dir = killed / "checkpoints"
     while time.time() < deadline:
@@ -91,18 +108,25 @@ def test_killed_process_resumes_and_matches(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "metrics.json").exists(), "the run finished before it could be killed"
-    subprocess.run(args + [f"--workdir={killed}"], cwd=REPO, env=env, check=True,
-                   capture_output=True)
-    subprocess.run(args + [f"--workdir={tmp_path / 'clean'}"], cwd=REPO, env=env, check=True,
-                   capture_output=True)
+    subprocess.run(
+        args + [f"--workdir={killed}"], cwd=REPO, env=env, check=True, capture_output=True
+    )
+    subprocess.run(
+        args + [f"--workdir={tmp_path / 'clean'}"],
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     for a, b in zip(_weights(killed), _weights(tmp_path / "clean")):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_corrupted_checkpoint_gives_clear_error(tmp_path):
     config = tiny_config(epochs=2)
-    training.train(config, tmp_path, strategy=tf.distribute.get_strategy(), progress=False,
-                   max_steps=4)
+    training.train(
+        config, tmp_path, strategy=tf.distribute.get_strategy(), progress=False, max_steps=4
+    )
     latest = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
     data_file = pathlib.Path(latest + ".data-00000-of-00001")
     data_file.write_bytes(data_file.read_bytes()[:100])
@@ -115,8 +139,9 @@ def test_corrupted_checkpoint_gives_clear_error(tmp_path):
 
 def test_export_summaries_and_metrics(tmp_path):
     config = tiny_config(epochs=1, export=True, temperature=5.0)
-    metrics = training.train(config, tmp_path, strategy=tf.distribute.get_strategy(),
-                             progress=False)
+    metrics = training.train(
+        config, tmp_path, strategy=tf.distribute.get_strategy(), progress=False
+    )
     assert metrics["temperature"] == 5.0 and 0.0 <= metrics["test/accuracy"] <= 1.0
     serve, info = load_saved_model(tmp_path / "export")
     assert info["temperature"] == 5.0
@@ -125,8 +150,9 @@ def test_export_summaries_and_metrics(tmp_path):
     out = serve(images=tf.constant(x))
     logits = model(x, training=False).numpy()
     np.testing.assert_allclose(out["logits"].numpy(), logits, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(out["probabilities"].numpy(),
-                               tf.nn.softmax(logits / 5.0).numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        out["probabilities"].numpy(), tf.nn.softmax(logits / 5.0).numpy(), rtol=1e-4, atol=1e-6
+    )
     import keras
 
     keras_model = keras.saving.load_model(tmp_path / "export" / "model.keras")
@@ -135,17 +161,25 @@ def test_export_summaries_and_metrics(tmp_path):
     for event_file in (tmp_path / "tensorboard").rglob("events.out.tfevents.*"):
         for event in tf.compat.v1.train.summary_iterator(str(event_file)):
             tags.update(v.tag for v in event.summary.value)
-    assert {"loss", "accuracy", "learning_rate", "logits", "logits_over_temperature",
-            "max_softmax_probability"} <= tags
+    assert {
+        "loss",
+        "accuracy",
+        "learning_rate",
+        "logits",
+        "logits_over_temperature",
+        "max_softmax_probability",
+    } <= tags
 
 
 def test_bad_config_and_resume_mismatch(tmp_path):
     strategy = tf.distribute.get_strategy()
-    for field, value, pattern in [("temperature", 0.0, "temperature"),
-                                  ("temperature", float("nan"), "NaN"),
-                                  ("model", "resnet9000", "Unknown model"),
-                                  ("dataset", "svhn", "Unknown dataset"),
-                                  ("batch_size", 0, "batch_size")]:
+    for field, value, pattern in [
+        ("temperature", 0.0, "temperature"),
+        ("temperature", float("nan"), "NaN"),
+        ("model", "resnet9000", "Unknown model"),
+        ("dataset", "svhn", "Unknown dataset"),
+        ("batch_size", 0, "batch_size"),
+    ]:
         with pytest.raises(ValueError, match=pattern):
             training.train(tiny_config(**{field: value}), tmp_path / "bad", strategy=strategy)
     config = tiny_config(epochs=1)
@@ -153,15 +187,26 @@ def test_bad_config_and_resume_mismatch(tmp_path):
     with pytest.raises(ValueError, match="temperature: 2.0 -> 7.0"):
         training.train(tiny_config(temperature=7.0), tmp_path / "run", strategy=strategy)
     with pytest.raises(FileNotFoundError, match="cifar10 not found"):
-        training.train(tiny_config(dataset="cifar10", data_dir=str(tmp_path)),
-                       tmp_path / "c10", strategy=strategy)
+        training.train(
+            tiny_config(dataset="cifar10", data_dir=str(tmp_path)),
+            tmp_path / "c10",
+            strategy=strategy,
+        )
 
 
 def test_launcher_reports_bad_temperature(tmp_path):
     result = subprocess.run(
-        [sys.executable, "launch/train.py", "--config=configs/digits_small.py:smoke",
-         "--temperature=-1", f"--workdir={tmp_path}"],
-        cwd=REPO, capture_output=True, text=True,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+        [
+            sys.executable,
+            "launch/train.py",
+            "--config=configs/digits_small.py:smoke",
+            "--temperature=-1",
+            f"--workdir={tmp_path}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
     assert result.returncode == 2
     assert "temperature" in result.stderr and "-1" in result.stderr

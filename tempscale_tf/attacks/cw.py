@@ -168,7 +168,10 @@ def carlini_wagner_l2(
       c_init: initial trade-off constant c > 0.
       binary_search_steps: number of values of c tried (positive int).
       max_iterations: Adam steps per value of c (positive int).
-      learning_rate: Adam learning rate (> 0).
+      learning_rate: Adam learning rate (> 0). The reference's 1e-2 converges fast, but
+        Adam's per-coordinate step makes the first boundary crossing follow the gradient's
+        sign, and the result can stay well above the minimal distance (1.5-1.8x on some
+        examples of a random linear model); 1e-3 with more iterations gives tighter distances.
       targeted: if True, look for the smallest perturbation classified as `target`.
       target: int target labels `[batch]`; required iff `targeted`.
       abort_early: stop the Adam loop for a value of c when the total loss has not

@@ -249,20 +249,20 @@ def _project_l2(x_adv, x, eps):
 
 
 def _random_start(x, eps, norm, seed):
+    """A uniform point of the L-inf ball, or uniform direction x radius eps*u^(1/d) (L2)."""
     if norm == "linf":
         return tf.random.stateless_uniform(tf.shape(x), seed, minval=-1.0, maxval=1.0) * eps
-    # Uniform in the L2 ball: uniform direction, radius eps * u^(1/d).
     direction = _normalize_l2(tf.random.stateless_normal(tf.shape(x), seed))
     dim = tf.cast(tf.reduce_prod(tf.shape(x)[1:]), tf.float32)
     u = tf.random.stateless_uniform(tf.shape(x)[:1], seed + 1)
     return direction * per_example(eps * tf.pow(u, 1.0 / dim), x.shape.rank)
 
 
-def _build_pgd(model, item_shape, norm, loss, targeted, random_start, keep_best, jit_compile):
+def _build_pgd(model, item_shape, norm, loss, targeted, keep_best, jit_compile):
     """The compiled PGD loop for one model, image shape and set of graph-changing settings."""
     get_model = model_reference(model)
 
-    def run(x, y, target, eps, step_size, temperature, steps, seed):
+    def run(x, start, y, target, eps, step_size, temperature, steps):
         net = get_model()
         rank = x.shape.rank
         if norm == "linf":
@@ -272,7 +272,7 @@ def _build_pgd(model, item_shape, norm, loss, targeted, random_start, keep_best,
         else:
             project = lambda z: _project_l2(z, x, eps)
 
-        x_adv = project(x + _random_start(x, eps, norm, seed)) if random_start else x
+        x_adv = project(x + start)
 
         def body(i, x_adv, best, found):
             with tf.GradientTape() as tape:
@@ -280,6 +280,8 @@ def _build_pgd(model, item_shape, norm, loss, targeted, random_start, keep_best,
                 logits = model_logits(net, x_adv)
                 objective = _attack_objective(logits, y, target, loss, temperature, targeted)
             grad = tape.gradient(objective, x_adv)  # d(sum)/dx: examples are independent
+            if grad is None:
+                raise ValueError("the model's logits do not depend on its input: no gradient")
             if keep_best:  # the iterate whose logits we just computed
                 success = _is_success(logits, y, target, targeted)
                 best = tf.where(per_example(success, rank), x_adv, best)
@@ -298,8 +300,8 @@ def _build_pgd(model, item_shape, norm, loss, targeted, random_start, keep_best,
         return x_adv
 
     labels = batch_spec([], tf.int32)
-    signature = [batch_spec(item_shape), labels, labels] + [scalar_spec()] * 3
-    signature += [scalar_spec(tf.int32), tf.TensorSpec([2], tf.int32)]
+    signature = [batch_spec(item_shape)] * 2 + [labels, labels] + [scalar_spec()] * 3
+    signature += [scalar_spec(tf.int32)]
     return tf.function(run, input_signature=signature, jit_compile=jit_compile)
 
 
@@ -357,7 +359,8 @@ def pgd(
       targeted: if True, push every example towards `target` instead of away from `y`.
       target: int target labels `[batch]`; required iff `targeted`.
       seed: int seed for the random start (None: drawn from NumPy's global generator, which
-        `keras.utils.set_random_seed` seeds).
+        `keras.utils.set_random_seed` seeds). The start is drawn outside the compiled loop,
+        so a seed gives the same start with and without `jit_compile`.
       keep_best: if True (default), return per example the last iterate that succeeded (was
         misclassified; for targeted attacks: classified as `target`) when the final iterate
         did not, so the result is never weaker than the last iterate. If False, return the
@@ -396,18 +399,24 @@ def pgd(
     elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise ValueError(f"`seed` must be an int or None, received {seed!r}")
 
-    settings = (tuple(x.shape[1:]), norm, loss, bool(targeted), bool(random_start))
-    settings += (bool(keep_best), bool(jit_compile))
+    settings = (tuple(x.shape[1:]), norm, loss, bool(targeted), bool(keep_best), bool(jit_compile))
     run = compiled_for(model, ("pgd",) + settings, lambda: _build_pgd(model, *settings))
+    eps = tf.constant(eps, tf.float32)
+    # Drawn outside the compiled loop: XLA's random kernels differ from TensorFlow's, and this
+    # way a seed gives the same start with and without `jit_compile`.
+    if random_start:
+        start = _random_start(x, eps, norm, tf.constant([int(seed), 0], tf.int32))
+    else:
+        start = tf.zeros_like(x)
     return run(
         x,
+        start,
         y,
         target,
-        tf.constant(eps, tf.float32),
+        eps,
         tf.constant(step_size, tf.float32),
         tf.constant(temperature, tf.float32),
         tf.constant(steps, tf.int32),
-        tf.constant([int(seed), 0], tf.int32),
     )
 
 

@@ -12,9 +12,9 @@ import keras
 
 from tempscale_tf.models.common import feature_extractor
 from tempscale_tf.models.resnet_cifar import resnet20_cifar, resnet50_cifar
+from tempscale_tf.models.resnet_hub import resnet50_hub
 from tempscale_tf.models.small import small_cnn
 from tempscale_tf.models.vit import vit_s16, vit_tiny
-from tempscale_tf.models.resnet_hub import resnet50_hub
 from tempscale_tf.validation import check_image_shape, check_positive_int
 
 MODELS = {

@@ -21,8 +21,13 @@ def _bn(x, name, synchronized):
 
 def _conv(x, filters, kernel, stride, name, weight_init="he_normal"):
     return keras.layers.Conv2D(
-        filters, kernel, strides=stride, padding="same", use_bias=False,
-        kernel_initializer=weight_init, name=name,
+        filters,
+        kernel,
+        strides=stride,
+        padding="same",
+        use_bias=False,
+        kernel_initializer=weight_init,
+        name=name,
     )(x)
 
 
@@ -55,8 +60,18 @@ def _basic(x, filters, stride, name, synchronized):
     return keras.layers.ReLU(name=f"{name}_out")(y)
 
 
-def _cifar_resnet(num_classes, image_shape, block, stage_blocks, stage_filters, stem_filters,
-                  mean, std, synchronized_bn, name):
+def _cifar_resnet(
+    num_classes,
+    image_shape,
+    block,
+    stage_blocks,
+    stage_filters,
+    stem_filters,
+    mean,
+    std,
+    synchronized_bn,
+    name,
+):
     inputs, x = normalized_input(image_shape, mean, std)
     x = _conv(x, stem_filters, 3, 1, "stem_conv")  # CIFAR stem: 3x3, stride 1, no max-pool
     x = keras.layers.ReLU(name="stem_relu")(_bn(x, "stem_bn", synchronized_bn))
@@ -69,8 +84,9 @@ def _cifar_resnet(num_classes, image_shape, block, stage_blocks, stage_filters, 
     return keras.Model(inputs, logits, name=name)
 
 
-def resnet50_cifar(num_classes=10, image_shape=(32, 32, 3), mean=None, std=None,
-                   synchronized_bn=False):
+def resnet50_cifar(
+    num_classes=10, image_shape=(32, 32, 3), mean=None, std=None, synchronized_bn=False
+):
     """ResNet50 (bottleneck v1) with the CIFAR stem. About 23.5M parameters for 10 classes.
 
     Args:
@@ -79,13 +95,33 @@ def resnet50_cifar(num_classes=10, image_shape=(32, 32, 3), mean=None, std=None,
       mean, std: per-channel normalisation applied inside the model (in [0, 1] units).
       synchronized_bn: synchronise batch-norm statistics across replicas.
     """
-    return _cifar_resnet(num_classes, image_shape, _bottleneck, (3, 4, 6, 3),
-                         (64, 128, 256, 512), 64, mean, std, synchronized_bn, "resnet50_cifar")
+    return _cifar_resnet(
+        num_classes,
+        image_shape,
+        _bottleneck,
+        (3, 4, 6, 3),
+        (64, 128, 256, 512),
+        64,
+        mean,
+        std,
+        synchronized_bn,
+        "resnet50_cifar",
+    )
 
 
-def resnet20_cifar(num_classes=10, image_shape=(32, 32, 3), mean=None, std=None,
-                   synchronized_bn=False, width=16):
+def resnet20_cifar(
+    num_classes=10, image_shape=(32, 32, 3), mean=None, std=None, synchronized_bn=False, width=16
+):
     """ResNet-20 for CIFAR (basic blocks, 3 stages of 3 blocks, widths w-2w-4w with w=16)."""
-    return _cifar_resnet(num_classes, image_shape, _basic, (3, 3, 3),
-                         (width, 2 * width, 4 * width), width, mean, std, synchronized_bn,
-                         "resnet20_cifar")
+    return _cifar_resnet(
+        num_classes,
+        image_shape,
+        _basic,
+        (3, 3, 3),
+        (width, 2 * width, 4 * width),
+        width,
+        mean,
+        std,
+        synchronized_bn,
+        "resnet20_cifar",
+    )

@@ -7,8 +7,9 @@ import keras
 from tempscale_tf.models.common import logits_head, normalized_input
 
 
-def resnet50_hub(num_classes=1000, image_shape=(224, 224, 3), mean=None, std=None,
-                 weights_path=None):
+def resnet50_hub(
+    num_classes=1000, image_shape=(224, 224, 3), mean=None, std=None, weights_path=None
+):
     """keras-hub's ResNet50 (v1, bottleneck) backbone with a logits head.
 
     The architecture matches keras-hub's `resnet_50_imagenet` preset, so weights converted from

@@ -7,8 +7,15 @@ import keras
 from tempscale_tf.models.common import logits_head, normalized_input
 
 
-def small_cnn(num_classes=10, image_shape=(32, 32, 3), mean=None, std=None, width=16,
-              batch_norm=True, synchronized_bn=False):
+def small_cnn(
+    num_classes=10,
+    image_shape=(32, 32, 3),
+    mean=None,
+    std=None,
+    width=16,
+    batch_norm=True,
+    synchronized_bn=False,
+):
     """Conv(w)-Conv(w)-pool-Conv(2w)-Conv(2w)-pool-GAP-Dense: a few thousand parameters at w=8.
 
     Args:
@@ -17,11 +24,18 @@ def small_cnn(num_classes=10, image_shape=(32, 32, 3), mean=None, std=None, widt
     """
     inputs, x = normalized_input(image_shape, mean, std)
     for i, filters in enumerate((width, width, 2 * width, 2 * width)):
-        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=not batch_norm,
-                                kernel_initializer="he_normal", name=f"conv{i + 1}")(x)
+        x = keras.layers.Conv2D(
+            filters,
+            3,
+            padding="same",
+            use_bias=not batch_norm,
+            kernel_initializer="he_normal",
+            name=f"conv{i + 1}",
+        )(x)
         if batch_norm:
-            x = keras.layers.BatchNormalization(synchronized=synchronized_bn, momentum=0.9,
-                                                name=f"bn{i + 1}")(x)
+            x = keras.layers.BatchNormalization(
+                synchronized=synchronized_bn, momentum=0.9, name=f"bn{i + 1}"
+            )(x)
         x = keras.layers.ReLU(name=f"relu{i + 1}")(x)
         if i in (1, 3):
             x = keras.layers.MaxPooling2D(2, name=f"pool{i // 2 + 1}")(x)

@@ -66,16 +66,20 @@ def load_big_vision_npz(backbone, path: str) -> None:
         "vit_patching_and_embedding/class_token": "cls",
         "vit_patching_and_embedding/patch_embedding/kernel": "embedding/kernel",
         "vit_patching_and_embedding/patch_embedding/bias": "embedding/bias",
-        "vit_patching_and_embedding/position_embedding/embeddings":
-            prefix + "posembed_input/pos_embedding",
+        "vit_patching_and_embedding/position_embedding/embeddings": prefix
+        + "posembed_input/pos_embedding",
         "vit_encoder/ln/gamma": prefix + "encoder_norm/scale",
         "vit_encoder/ln/beta": prefix + "encoder_norm/bias",
     }
     for i in range(backbone.num_layers):
         ours, theirs = f"vit_encoder/transformer_block_{i + 1}/", f"{prefix}encoderblock_{i}/"
         attn = theirs + "MultiHeadDotProductAttention_1/"
-        for a, b in [("query", "query"), ("key", "key"), ("value", "value"),
-                     ("attention_output", "out")]:
+        for a, b in [
+            ("query", "query"),
+            ("key", "key"),
+            ("value", "value"),
+            ("attention_output", "out"),
+        ]:
             mapping[f"{ours}mha/{a}/kernel"] = f"{attn}{b}/kernel"
             mapping[f"{ours}mha/{a}/bias"] = f"{attn}{b}/bias"
         for a, b in [("ln_1", "LayerNorm_0"), ("ln_2", "LayerNorm_2")]:
@@ -90,8 +94,11 @@ def load_big_vision_npz(backbone, path: str) -> None:
             raise ValueError(f"no big_vision parameter is mapped to variable {variable.path!r}")
         if key not in params:
             raise ValueError(f"{path}: missing parameter {key!r} (is this a ViT checkpoint?)")
-        value = params[key].reshape(tuple(variable.shape)) if key.endswith("pos_embedding") \
+        value = (
+            params[key].reshape(tuple(variable.shape))
+            if key.endswith("pos_embedding")
             else params[key]
+        )
         if tuple(value.shape) != tuple(variable.shape):
             raise ValueError(
                 f"{path}: parameter {key!r} has shape {value.shape}, the model's {variable.path!r}"
@@ -100,14 +107,29 @@ def load_big_vision_npz(backbone, path: str) -> None:
         variable.assign(value.astype("float32"))
 
 
-def _vit(num_classes, image_shape, patch_size, num_layers, num_heads, hidden_dim, mlp_dim,
-         resolution, mean, std, attention_temperature, dropout_rate, weights_path, name):
+def _vit(
+    num_classes,
+    image_shape,
+    patch_size,
+    num_layers,
+    num_heads,
+    hidden_dim,
+    mlp_dim,
+    resolution,
+    mean,
+    std,
+    attention_temperature,
+    dropout_rate,
+    weights_path,
+    name,
+):
     import keras_hub
 
     inputs, x = normalized_input(image_shape, mean, std)
     if tuple(image_shape[:2]) != (resolution, resolution):
-        x = keras.layers.Resizing(resolution, resolution, interpolation="bilinear",
-                                  name="resize")(x)
+        x = keras.layers.Resizing(resolution, resolution, interpolation="bilinear", name="resize")(
+            x
+        )
     backbone = keras_hub.models.ViTBackbone(
         image_shape=(resolution, resolution, image_shape[-1]),
         patch_size=patch_size,
@@ -134,8 +156,16 @@ def _vit(num_classes, image_shape, patch_size, num_layers, num_heads, hidden_dim
     return model
 
 
-def vit_s16(num_classes=10, image_shape=(32, 32, 3), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-            resolution=224, attention_temperature=1.0, dropout_rate=0.0, weights_path=None):
+def vit_s16(
+    num_classes=10,
+    image_shape=(32, 32, 3),
+    mean=(0.5, 0.5, 0.5),
+    std=(0.5, 0.5, 0.5),
+    resolution=224,
+    attention_temperature=1.0,
+    dropout_rate=0.0,
+    weights_path=None,
+):
     """ViT-S/16: 12 layers, 6 heads, width 384, MLP 1536, at 224x224 (about 21.7M parameters).
 
     Args:
@@ -143,16 +173,54 @@ def vit_s16(num_classes=10, image_shape=(32, 32, 3), mean=(0.5, 0.5, 0.5), std=(
         (`q.k / (tau_attn * sqrt(d))`); 1.0 is the standard ViT.
       weights_path: optional local `.npz` (big_vision layout) or `.weights.h5` backbone weights.
     """
-    return _vit(num_classes, image_shape, 16, 12, 6, 384, 1536, resolution, mean, std,
-                attention_temperature, dropout_rate, weights_path, "vit_s16")
+    return _vit(
+        num_classes,
+        image_shape,
+        16,
+        12,
+        6,
+        384,
+        1536,
+        resolution,
+        mean,
+        std,
+        attention_temperature,
+        dropout_rate,
+        weights_path,
+        "vit_s16",
+    )
 
 
-def vit_tiny(num_classes=10, image_shape=(32, 32, 3), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-             patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64,
-             attention_temperature=1.0, dropout_rate=0.0, weights_path=None):
+def vit_tiny(
+    num_classes=10,
+    image_shape=(32, 32, 3),
+    mean=(0.5, 0.5, 0.5),
+    std=(0.5, 0.5, 0.5),
+    patch_size=8,
+    num_layers=2,
+    num_heads=2,
+    hidden_dim=32,
+    mlp_dim=64,
+    attention_temperature=1.0,
+    dropout_rate=0.0,
+    weights_path=None,
+):
     """A tiny ViT (same code path as `vit_s16`) for CPU tests, at the input's own resolution."""
     if image_shape[0] != image_shape[1]:
         raise ValueError(f"vit_tiny needs square images, received {image_shape}")
-    return _vit(num_classes, image_shape, patch_size, num_layers, num_heads, hidden_dim,
-                mlp_dim, image_shape[0], mean, std, attention_temperature, dropout_rate,
-                weights_path, "vit_tiny")
+    return _vit(
+        num_classes,
+        image_shape,
+        patch_size,
+        num_layers,
+        num_heads,
+        hidden_dim,
+        mlp_dim,
+        image_shape[0],
+        mean,
+        std,
+        attention_temperature,
+        dropout_rate,
+        weights_path,
+        "vit_tiny",
+    )

@@ -1,0 +1,45 @@
+"""Results tables: CSV + Markdown with the settings and the exact command that produced them."""
+
+from __future__ import annotations
+
+import datetime
+import pathlib
+
+import pandas as pd
+
+from tempscale_tf.files import atomic_write_text
+
+
+def write_table(rows, path_stem, command: str, settings: dict, notes=(), floatfmt=".4g") -> str:
+    """Write `<path_stem>.csv` and `<path_stem>.md`; return the Markdown.
+
+    The CSV starts with `# key: value` comment lines (command, settings, date); read it back with
+    `pandas.read_csv(path, comment="#")`.
+    """
+    frame = pd.DataFrame(rows)
+    stem = pathlib.Path(path_stem)
+    date = datetime.date.today().isoformat()
+    header = [f"# command: {command}", f"# date: {date}"]
+    header += [f"# {k}: {v}" for k, v in settings.items()]
+    header += [f"# note: {n}" for n in notes]
+    atomic_write_text(
+        stem.with_suffix(".csv"), "\n".join(header) + "\n" + frame.to_csv(index=False)
+    )
+    md = [
+        f"# {stem.name}",
+        "",
+        f"Command: `{command}`",
+        "",
+        "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()) + f" (generated {date}).",
+        "",
+    ]
+    md.append(frame.to_markdown(index=False, floatfmt=floatfmt))
+    if notes:
+        md += ["", *[f"- {n}" for n in notes]]
+    text = "\n".join(md) + "\n"
+    atomic_write_text(stem.with_suffix(".md"), text)
+    return text
+
+
+def read_table(path) -> pd.DataFrame:
+    return pd.read_csv(path, comment="#")
