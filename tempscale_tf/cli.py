@@ -23,6 +23,15 @@ def quiet_tensorflow() -> None:
 
     tf.get_logger().setLevel(std_logging.ERROR)
     std_logging.getLogger("tensorflow").setLevel(std_logging.ERROR)
+    # TensorFlow and Keras also log INFO lines through absl (e.g. one per checkpoint saved):
+    # keep absl's INFO for our own messages only.
+    from absl import logging as absl_logging
+
+    absl_logging.get_absl_handler().addFilter(_drop_third_party_info)
+
+
+def _drop_third_party_info(record) -> bool:
+    return record.levelno >= std_logging.WARNING or "site-packages" not in record.pathname
 
 
 def define_config_overrides(config, flag_values=flags.FLAGS, skip=()) -> None:

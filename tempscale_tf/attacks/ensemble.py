@@ -282,7 +282,7 @@ def _run_attacks(model, x, y, attacks, individual, eps, norm, pad_to_bucket):
 
 
 def _survivor_counts(clean_correct, fooled_by, individual_fooled):
-    """Per attack k: #robust after attacks 1..k, and #correct examples attack k alone missed."""
+    """Per attack k: #robust after attacks 1..k; #correct examples attack k alone left correct."""
     k = np.arange(individual_fooled.shape[1])
     first = fooled_by[:, None]
     cumulative = (clean_correct[:, None] & ((first < 0) | (first > k))).sum(axis=0)
