@@ -43,9 +43,12 @@ def main(argv):
         workdir = os.path.join(FLAGS.workdir, f"digits_small_cnn_t{t}{suffix}")
         logging.info("Training at temperature %s into %s", t, workdir)
         metrics = training.train(config, workdir, progress=False)
+        lr, weight_decay = training.effective_hparams(config)
         rows.append(
             {
                 "temperature": float(t),
+                "lr": lr,
+                "weight_decay": weight_decay,
                 "clean_accuracy": metrics["test/accuracy"],
                 "train_loss": metrics["train/loss"],
                 "train_accuracy": metrics["train/accuracy"],

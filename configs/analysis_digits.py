@@ -1,0 +1,40 @@
+r"""The digits runs behind the committed analysis figures (tables/figures/, tables/analysis_digits).
+
+The small CNN of `configs/digits_small.py` (same settings, lr 0.1) for 20 epochs, without export or TensorBoard
+histograms (the analysis reads the checkpoints and history.json). The grid: temperatures
+{0.1, 1, 10, 50} x lr {0.1, 0.01} x seeds {0, 1}, plus lr x T (`scale_lr_with_temperature`,
+lr 0.1 x T, weight decay / T) at T in {10, 50} x seeds {0, 1}; about 40 s per run on 2 CPU cores:
+
+  for s in 0 1; do for lr in 0.1 0.01; do for t in 0.1 1 10 50; do
+    python launch/train.py --config=configs/analysis_digits.py --temperature=$t --lr=$lr \
+      --seed=$s --progress=false --workdir=runs/analysis/digits_t${t}_lr${lr}_s$s; done; done
+    for t in 10 50; do
+    python launch/train.py --config=configs/analysis_digits.py --temperature=$t --lr=0.1 \
+      --seed=$s --scale_lr_with_temperature --progress=false \
+      --workdir=runs/analysis/digits_t${t}_lr0.1xT_s$s; done; done
+  python launch/analyze.py --workdirs='runs/analysis/*' --outdir=tables/figures \
+      --table=tables/analysis_digits
+
+`:smoke` shrinks a run to 2 epochs on 256 training images (what tests/test_analysis.py trains).
+"""
+
+from tempscale_tf.training import default_config
+
+
+def get_config(arg=None):
+    c = default_config()
+    c.dataset = "digits"
+    c.model = "small_cnn"
+    c.model_kwargs.width = 16
+    c.temperature = 1.0
+    c.epochs = 20
+    c.batch_size = 128
+    c.lr = 0.1
+    c.weight_decay = 5e-4
+    c.schedule = "cosine"
+    c.export = False
+    c.histogram_examples = 0
+    if arg == "smoke":
+        c.epochs = 2
+        c.train_subset = 256
+    return c

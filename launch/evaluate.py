@@ -1,0 +1,98 @@
+r"""Evaluate a trained model: Clean, corruptions (-C), PGD-20, C&W, and gradient-masking checks.
+
+  python launch/evaluate.py --workdir=runs/c10_r20_t50
+  python launch/evaluate.py --workdir=runs/c10_r20_t50 --eval_config=configs/eval_cifar.py:quick
+  python launch/evaluate.py --saved_model=runs/x/export --dataset=cifar10 --data_dir=../shared/data
+
+Writes `<workdir>/eval.json` and appends a row (with every setting and this command) to --csv.
+Columns are explained in `tempscale_tf/evaluation.py`.
+"""
+
+import json
+import os
+import shlex
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from tempscale_tf import cli
+
+cli.quiet_tensorflow()
+from tempscale_tf import evaluation, tables, training  # noqa: E402
+from tempscale_tf.files import atomic_write_json  # noqa: E402
+
+config_flags.DEFINE_config_file(
+    "eval_config", "configs/eval_cifar.py", "Evaluation settings.", lock_config=False
+)
+flags.DEFINE_string("workdir", None, "A training run's workdir (model rebuilt from checkpoint).")
+flags.DEFINE_string("saved_model", None, "Or: a SavedModel export folder (needs --dataset).")
+flags.DEFINE_string("dataset", None, "Dataset (default: the run's).")
+flags.DEFINE_string("data_dir", None, "Data folder (default: the run's).")
+flags.DEFINE_string("csv", None, "CSV to append the row to (default <workdir>/eval.csv).")
+flags.DEFINE_bool("progress", True, "Progress bars.")
+cli.define_config_overrides(evaluation.default_eval_config(), skip=("split",))
+FLAGS = flags.FLAGS
+
+
+def _load():
+    if bool(FLAGS.workdir) == bool(FLAGS.saved_model):
+        raise ValueError("give exactly one of --workdir or --saved_model")
+    if FLAGS.workdir:
+        model, config = training.load_run(FLAGS.workdir)
+        meta = {
+            "dataset": FLAGS.dataset or config.dataset,
+            "model": config.model,
+            "temperature": config.temperature,
+            "epochs": config.epochs,
+            "seed": config.seed,
+            "train_subset": config.train_subset,
+            "data_dir": FLAGS.data_dir or config.data_dir or None,
+        }
+        return model, meta, FLAGS.workdir
+    import keras
+
+    from tempscale_tf.export import load_saved_model
+
+    _, info = load_saved_model(FLAGS.saved_model)
+    if not FLAGS.dataset:
+        raise ValueError("--saved_model needs --dataset")
+    model = keras.saving.load_model(os.path.join(FLAGS.saved_model, "model.keras"))
+    meta = {
+        "dataset": FLAGS.dataset,
+        "model": info["model"],
+        "temperature": info["temperature"],
+        "data_dir": FLAGS.data_dir,
+    }
+    return model, meta, FLAGS.saved_model
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    eval_config = cli.apply_config_overrides(FLAGS.eval_config)
+    try:
+        model, meta, folder = _load()
+        row = evaluation.evaluate_model(
+            model,
+            meta["temperature"],
+            meta["dataset"],
+            eval_config,
+            data_dir=meta.get("data_dir"),
+            progress=FLAGS.progress,
+        )
+    except (ValueError, FileNotFoundError, training.CheckpointError) as e:
+        logging.error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    row = {**meta, **row, "command": "python " + " ".join(shlex.quote(a) for a in sys.argv)}
+    atomic_write_json(os.path.join(folder, "eval.json"), row)
+    csv = FLAGS.csv or os.path.join(folder, "eval.csv")
+    tables.append_row(csv, row)
+    main_cols = [c for c in evaluation.MAIN_COLUMNS + evaluation.DIAGNOSTIC_COLUMNS if c in row]
+    print(json.dumps({c: row[c] for c in ["temperature", *main_cols]}, indent=2))
+    print(f"Wrote {os.path.join(folder, 'eval.json')} and appended a row to {csv}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,57 @@
+r"""Train and evaluate a grid of temperatures x datasets x seeds; assemble the Table I/II CSVs.
+
+  python launch/sweep.py --config=configs/sweep_cifar10_cpu.py --workdir=runs/sweep_c10_cpu
+  python launch/sweep.py --config=configs/sweep_digits.py:tiny --workdir=/tmp/sweep
+
+Resumable: a cell whose `eval.json` exists (with the same evaluation settings) is skipped, a cell
+whose training was interrupted resumes from its checkpoint. After every finished cell the tables
+`<table_dir>/table1_<dataset>_<model>.{csv,md}` are rewritten with mean ± std over seeds, in the
+paper's column order (Clean, -C, PGD-20, C&W), then the gradient-masking diagnostics.
+"""
+
+import os
+import shlex
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from tempscale_tf import cli
+
+cli.quiet_tensorflow()
+from tempscale_tf import sweep  # noqa: E402
+
+config_flags.DEFINE_config_file(
+    "config", None, "Sweep config (configs/sweep_*.py).", lock_config=False
+)
+flags.DEFINE_string("workdir", None, "Root folder of the sweep's runs.")
+flags.DEFINE_bool("progress", False, "Per-epoch progress bars.")
+flags.DEFINE_integer("max_cells", 0, "Stop after finishing this many new cells (0: all).")
+flags.mark_flags_as_required(["config", "workdir"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    try:
+        paths = sweep.run_sweep(
+            FLAGS.config,
+            FLAGS.workdir,
+            command=command,
+            progress=FLAGS.progress,
+            max_cells=FLAGS.max_cells or None,
+        )
+    except (ValueError, FileNotFoundError) as e:
+        logging.error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    for path in paths:
+        print(f"Wrote {path}")
+        if path.endswith(".md") and os.path.exists(path):
+            print(open(path).read())
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,161 @@
+"""Temperature sweeps: train + evaluate every (dataset, temperature, seed) cell, resumably.
+
+A sweep config (`configs/sweep_*.py`) is a `ConfigDict` with:
+  - `train`: a training config (`training.default_config()` fields); each cell overrides
+    `dataset`, `temperature` and `seed`;
+  - `eval`: an evaluation config (`evaluation.default_eval_config()` fields);
+  - `datasets`, `temperatures`, `seeds`: the grid;
+  - `table_dir`: where `table1_<dataset>_<model>.{csv,md}` go; `notes`: how the setting differs
+    from the paper (written under the table).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pandas as pd
+from absl import logging
+
+from tempscale_tf import evaluation, tables, training
+from tempscale_tf.files import atomic_write_json, read_json
+from tempscale_tf.validation import check_temperature
+
+ROW_SETTINGS = (
+    "dataset",
+    "model",
+    "temperature",
+    "seed",
+    "epochs",
+    "train_subset",
+    "batch_size",
+    "lr",
+    "scale_lr_with_temperature",
+)
+
+
+def cell_dir(root, dataset, model, temperature, seed) -> str:
+    return os.path.join(root, f"{dataset}_{model}_t{temperature:g}_s{seed}")
+
+
+def _cell_config(base, dataset, temperature, seed):
+    config = base.copy_and_resolve_references()
+    config.dataset, config.temperature, config.seed = dataset, float(temperature), int(seed)
+    return config
+
+
+def _eval_settings(eval_config) -> dict:
+    return {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in eval_config.items()}
+
+
+def run_cell(config, eval_config, workdir, progress=False) -> dict:
+    """Train (or resume) one cell, evaluate it unless `eval.json` holds the same settings."""
+    eval_path = os.path.join(workdir, "eval.json")
+    settings = _eval_settings(eval_config)
+    if os.path.exists(eval_path):
+        row = read_json(eval_path)
+        if row.get("eval_settings") == settings:
+            return row
+        logging.info("%s: evaluation settings changed, re-evaluating", workdir)
+    if not os.path.exists(os.path.join(workdir, "metrics.json")):
+        training.train(config, workdir, progress=progress)
+    train_metrics = read_json(os.path.join(workdir, "metrics.json"))
+    model, _ = training.load_run(workdir)
+    row = evaluation.evaluate_model(
+        model,
+        config.temperature,
+        config.dataset,
+        eval_config,
+        data_dir=config.data_dir or None,
+        progress=progress,
+    )
+    row.update({k: config[k] for k in ROW_SETTINGS})
+    row["train/accuracy"] = train_metrics.get("train/accuracy")
+    row["train/loss"] = train_metrics.get("train/loss")
+    row["eval_settings"] = settings
+    atomic_write_json(eval_path, row)
+    return row
+
+
+def assemble_tables(rows, sweep_config, command) -> list[str]:
+    """Write table1_<dataset>_<model>.{csv,md} (mean ± std over seeds) and a per-run CSV."""
+    paths = []
+    frame = pd.DataFrame([{k: v for k, v in r.items() if k != "eval_settings"} for r in rows])
+    if frame.empty:
+        return paths
+    columns = [
+        c
+        for c in evaluation.MAIN_COLUMNS + evaluation.DIAGNOSTIC_COLUMNS + ("train/accuracy",)
+        if c in frame
+    ]
+    base, ev = sweep_config.train, sweep_config.eval
+    for (dataset, model), group in frame.groupby(["dataset", "model"]):
+        stem = os.path.join(sweep_config.table_dir, f"table1_{dataset}_{model}")
+        summary = tables.mean_std(group, "temperature", columns, digits=3)
+        settings = {
+            "dataset": dataset,
+            "model": model,
+            "train_subset": base.train_subset or "all",
+            "epochs": base.epochs,
+            "batch_size": base.batch_size,
+            "lr": base.lr,
+            "weight_decay": base.weight_decay,
+            "schedule": base.schedule,
+            "scale_lr_with_temperature": base.scale_lr_with_temperature,
+            "seeds": sorted(set(int(s) for s in group["seed"])),
+            "eval_examples": ev.num_examples or "all",
+            "attacks": f"L-inf eps={ev.eps:.5g} step={ev.step_size:.5g} steps={ev.steps} "
+            f"random_start={ev.random_start}",
+            "cw_l2": f"{ev.cw_l2_examples} examples, eps_l2={ev.cw_l2_eps}, "
+            f"{ev.cw_l2_binary_search_steps}x{ev.cw_l2_max_iterations} iterations",
+            "corruptions": (
+                f"{len([c for c in ev.corruptions.split(',') if c])} corruptions x "
+                f"severities {ev.severities}, "
+                + ("official CIFAR-10-C" if ev.cifar10c_dir else "generated")
+            ),
+        }
+        notes = list(sweep_config.notes) + [
+            "Columns: clean, corruption (mean over corruptions and severities), pgd20 (PGD-CE at "
+            "the training T), cw (PGD on the C&W margin, L-inf), then diagnostics: pgd20_ce_t1 "
+            "(CE at T=1), pgd20_margin, pgd20_targeted_top3, pgd20_dlr, worst_case (robust to "
+            "every attack), masking_gap = pgd20 - worst_case, cw_l2 (robust accuracy at the L2 "
+            "radius), cw_l2_median_distance. Values: mean ± std over seeds (n = seeds).",
+        ]
+        tables.write_table(
+            summary.to_dict("records"), stem, command=command, settings=settings, notes=notes
+        )
+        per_run = group.sort_values(["temperature", "seed"])
+        per_run.to_csv(stem + "_runs.csv", index=False)
+        paths += [stem + ".csv", stem + ".md", stem + "_runs.csv"]
+    return paths
+
+
+def run_sweep(sweep_config, root, command="", progress=False, max_cells=None) -> list[str]:
+    """Run every cell (skipping finished ones) and rewrite the tables after each cell."""
+    for t in sweep_config.temperatures:
+        check_temperature(t)
+    if not sweep_config.seeds or not sweep_config.datasets:
+        raise ValueError("a sweep needs at least one dataset and one seed")
+    cells = [
+        (d, float(t), int(s))
+        for d in sweep_config.datasets
+        for t in sweep_config.temperatures
+        for s in sweep_config.seeds
+    ]
+    rows, paths, new = [], [], 0
+    start = time.time()
+    for i, (dataset, temperature, seed) in enumerate(cells):
+        config = _cell_config(sweep_config.train, dataset, temperature, seed)
+        workdir = cell_dir(root, dataset, config.model, temperature, seed)
+        finished = os.path.exists(os.path.join(workdir, "eval.json"))
+        if max_cells is not None and new >= max_cells and not finished:
+            logging.info("max_cells=%d reached; rerun to continue", max_cells)
+            break
+        logging.info("cell %d/%d: %s T=%g seed=%d", i + 1, len(cells), dataset, temperature, seed)
+        row = run_cell(config, sweep_config.eval, workdir, progress)
+        rows.append(row)
+        new += 0 if finished else 1
+        paths = assemble_tables(rows, sweep_config, command)
+        elapsed = time.time() - start
+        logging.info("cell %d/%d done (%.0f s elapsed)", i + 1, len(cells), elapsed)
+    return sorted(set(paths))

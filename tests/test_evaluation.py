@@ -1,0 +1,145 @@
+"""Evaluation columns, gradient-masking diagnostics, the sweep and the evaluate script."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from tempscale_tf import data, evaluation, sweep, tables
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def quick_eval(**overrides):
+    c = evaluation.default_eval_config()
+    c.num_examples, c.batch_size, c.steps = 120, 120, 10
+    c.corruptions, c.severities = "gaussian_noise,contrast", "1,5"
+    c.cw_l2_examples, c.cw_l2_binary_search_steps, c.cw_l2_max_iterations = 20, 3, 30
+    c.random_start = False
+    for k, v in overrides.items():
+        c[k] = v
+    return c
+
+
+@pytest.fixture(scope="module")
+def linear_digits_model():
+    """Softmax regression on digits (about 95% test accuracy), trained with plain Keras."""
+    keras.utils.set_random_seed(0)
+    x, y = data.load_arrays("digits", "train")
+    model = keras.Sequential(
+        [keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(10)]
+    )
+    model.compile(
+        keras.optimizers.Adam(0.01), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    model.fit(x, y, epochs=15, batch_size=128, verbose=0)
+    return model
+
+
+def test_columns_are_consistent(linear_digits_model):
+    row = evaluation.evaluate_model(
+        linear_digits_model, 1.0, "digits", quick_eval(), progress=False
+    )
+    for column in evaluation.MAIN_COLUMNS + ("pgd20_margin", "pgd20_dlr", "worst_case", "cw_l2"):
+        assert 0.0 <= row[column] <= 1.0, column
+    assert row["clean"] > 0.85
+    attacks = ("pgd20", "cw", "pgd20_margin", "pgd20_targeted_top3", "pgd20_dlr")
+    assert row["worst_case"] <= min(row[a] for a in attacks) + 1e-12
+    assert all(row[a] <= row["clean"] for a in attacks)
+    # Corruption accuracy is the mean of the per-corruption means of the per-severity numbers.
+    per = [row[f"corruption/{n}"] for n in ("gaussian_noise", "contrast")]
+    assert row["corruption"] == pytest.approx(np.mean(per))
+    assert row["corruption/contrast"] == pytest.approx(
+        np.mean([row["corruption/contrast_1"], row["corruption/contrast_5"]])
+    )
+    # Independent recomputation of the clean column.
+    x, y = data.load_arrays("digits", "test")
+    keep = np.sort(np.random.default_rng(12345).permutation(len(y))[:120])
+    ref = np.mean(np.argmax(linear_digits_model.predict(x[keep], verbose=0), -1) == y[keep])
+    assert row["clean"] == pytest.approx(ref)
+
+
+def test_masking_gap_exposes_saturated_softmax(linear_digits_model):
+    """Logits x 1e4 (an effective T of 1e-4): CE at T=1 sees zero gradients, margin/DLR do not."""
+    scaled = keras.Sequential([linear_digits_model, keras.layers.Rescaling(1e4)])
+    config = quick_eval(corruptions="", cw_l2_examples=0, eps=16 / 255, step_size=4 / 255)
+    plain = evaluation.evaluate_model(linear_digits_model, 1.0, "digits", config, progress=False)
+    masked = evaluation.evaluate_model(scaled, 1.0, "digits", config, progress=False)
+    assert masked["clean"] == pytest.approx(plain["clean"])
+    assert masked["pgd20_ce_t1"] > plain["pgd20_ce_t1"] + 0.3  # looks robust: masked gradients
+    assert masked["worst_case"] == pytest.approx(plain["worst_case"], abs=0.05)
+    assert masked["masking_gap"] > 0.3 and plain["masking_gap"] < 0.1
+    # Attacking CE at the model's own temperature (1e4) removes the masking.
+    at_own_t = evaluation.evaluate_model(scaled, 1e4, "digits", config, progress=False)
+    assert at_own_t["pgd20"] == pytest.approx(plain["pgd20"], abs=0.05)
+
+
+def test_tiny_sweep_writes_table_and_resumes(tmp_path):
+    import configs.sweep_digits as sweep_digits
+
+    config = sweep_digits.get_config("tiny")
+    config.table_dir = str(tmp_path / "tables")
+    paths = sweep.run_sweep(config, str(tmp_path / "runs"), command="pytest")
+    md = tmp_path / "tables" / "table1_digits_small_cnn.md"
+    assert str(md) in paths and md.exists()
+    frame = tables.read_table(tmp_path / "tables" / "table1_digits_small_cnn.csv")
+    assert frame["temperature"].tolist() == [1.0, 30.0] and frame["n"].tolist() == [2, 2]
+    assert list(frame.columns[2:6]) == ["clean", "corruption", "pgd20", "cw"]
+    assert all("±" in v for v in frame["clean"])
+    runs = pd.read_csv(tmp_path / "tables" / "table1_digits_small_cnn_runs.csv")
+    assert len(runs) == 4
+    clean_mean = runs[runs.temperature == 1.0]["clean"].mean()
+    assert frame["clean"][0].startswith(f"{clean_mean:.3f}")
+    text = md.read_text()
+    assert "Command: `pytest`" in text and "seeds=[0, 1]" in text and "eps=" in text
+    stamps = {p: p.stat().st_mtime for p in (tmp_path / "runs").rglob("eval.json")}
+    sweep.run_sweep(config, str(tmp_path / "runs"), command="pytest")  # resumes: nothing to do
+    assert stamps == {p: p.stat().st_mtime for p in (tmp_path / "runs").rglob("eval.json")}
+    config.temperatures = [0.0]
+    with pytest.raises(ValueError, match="temperature"):
+        sweep.run_sweep(config, str(tmp_path / "runs"))
+
+
+def test_evaluate_script(tmp_path):
+    from tempscale_tf import training
+
+    import configs.digits_small as digits_small
+
+    config = digits_small.get_config("smoke")
+    config.train_subset, config.model_kwargs.width, config.export = 128, 4, False
+    training.train(config, tmp_path / "run", progress=False)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "launch/evaluate.py",
+            f"--workdir={tmp_path / 'run'}",
+            "--eval_config=configs/eval_cifar.py:quick",
+            "--num_examples=32",
+            "--steps=3",
+            "--cw_l2_examples=4",
+            "--progress=false",
+            f"--csv={tmp_path / 'rows.csv'}",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    row = tables.read_table(tmp_path / "rows.csv").iloc[0]
+    assert row["temperature"] == 1.0 and row["eval/steps"] == 3 and "evaluate.py" in row["command"]
+    assert (tmp_path / "run" / "eval.json").exists()
+    bad = subprocess.run(
+        [sys.executable, "launch/evaluate.py", f"--workdir={tmp_path / 'none'}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "config.json" in bad.stderr
