@@ -1,9 +1,10 @@
 r"""The digits runs behind the committed analysis figures (tables/figures/, tables/analysis_digits).
 
-The small CNN of `configs/digits_small.py` (same settings, lr 0.1) for 20 epochs, without export or TensorBoard
-histograms (the analysis reads the checkpoints and history.json). The grid: temperatures
-{0.1, 1, 10, 50} x lr {0.1, 0.01} x seeds {0, 1}, plus lr x T (`scale_lr_with_temperature`,
-lr 0.1 x T, weight decay / T) at T in {10, 50} x seeds {0, 1}; about 40 s per run on 2 CPU cores:
+The small CNN of `configs/digits_small.py` (same settings but lr 0.1) for 20 epochs, without
+export or TensorBoard histograms (the analysis reads the checkpoints and history.json).
+The grid: temperatures {0.1, 1, 10, 50} x lr {0.1, 0.01} x seeds {0, 1}, plus lr x T
+(`scale_lr_with_temperature`: lr 0.1 x T, weight decay / T) at T in {10, 50} x seeds {0, 1};
+about a minute per run on 2 CPU cores:
 
   for s in 0 1; do for lr in 0.1 0.01; do for t in 0.1 1 10 50; do
     python launch/train.py --config=configs/analysis_digits.py --temperature=$t --lr=$lr \

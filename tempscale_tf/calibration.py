@@ -144,7 +144,6 @@ def _bin_index(values: np.ndarray, n_bins: int) -> np.ndarray:
 def _binned_gap(scores: np.ndarray, hits: np.ndarray, n_bins: int) -> float:
     """`sum_b (n_b / N) |mean(hits in b) - mean(scores in b)|` over equal-width score bins."""
     bins = _bin_index(scores, n_bins)
-    counts = np.bincount(bins, minlength=n_bins).astype(np.float64)
     score_sum = np.bincount(bins, weights=scores, minlength=n_bins)
     hit_sum = np.bincount(bins, weights=hits.astype(np.float64), minlength=n_bins)
     # |sum hits - sum scores| / N is the same as (n_b / N) |acc_b - conf_b|; empty bins give 0.

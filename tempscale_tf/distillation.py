@@ -192,7 +192,9 @@ class Distiller(keras.Model):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         variables = self.student.trainable_variables
         with tf.GradientTape() as tape:
-            student_logits, loss, hard, soft = self._compute_distillation(x, y, sample_weight, training=True)
+            student_logits, loss, hard, soft = self._compute_distillation(
+                x, y, sample_weight, training=True
+            )
             if self.student.losses:
                 loss = loss + tf.add_n([tf.cast(r, tf.float32) for r in self.student.losses])
             # Gradients are summed over replicas: each replica contributes 1/replicas.
@@ -205,7 +207,9 @@ class Distiller(keras.Model):
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        student_logits, loss, hard, soft = self._compute_distillation(x, y, sample_weight, training=False)
+        student_logits, loss, hard, soft = self._compute_distillation(
+            x, y, sample_weight, training=False
+        )
         self._update_trackers(x, loss, hard, soft)
         return self.compute_metrics(x, y, student_logits, sample_weight=sample_weight)
 
@@ -280,7 +284,7 @@ def train_student(
     """Train one student of `config` with a `Distiller` and return its test metrics."""
     import time
 
-    from tempscale_tf import calibration, training
+    from tempscale_tf import calibration, distribute, training
 
     keras.utils.set_random_seed(int(seed))
     student = training.build_model_from_config(_student_config(config))
@@ -300,7 +304,12 @@ def train_student(
     )
     optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     distiller = Distiller(student, teacher if alpha < 1 else None, temperature, alpha)
-    distiller.compile(optimizer, metrics=[keras.metrics.SparseCategoricalAccuracy("accuracy")])
+    distiller.compile(
+        optimizer,
+        metrics=[keras.metrics.SparseCategoricalAccuracy("accuracy")],
+        # XLA is slower than plain graph mode for these small CPU models: on for GPUs only.
+        jit_compile=distribute.resolve_jit_compile(config.get("jit_compile")),
+    )
     start = time.time()
     history = distiller.fit(train_ds, epochs=config.epochs, verbose=1 if progress else 0)
     seconds = time.time() - start
@@ -334,9 +343,8 @@ def run_distillation(config, workdir, progress: bool = False) -> dict:
     same initialisation per seed. Writes `<workdir>/results.json` and returns
     `{"teacher": {...}, "rows": [...]}`.
     """
-    from tempscale_tf import calibration
+    from tempscale_tf import calibration, training
     from tempscale_tf import data as data_lib
-    from tempscale_tf import training
     from tempscale_tf.files import atomic_write_json
 
     for t in config.temperatures:

@@ -108,8 +108,18 @@ def default_config() -> ml_collections.ConfigDict:
     c.histogram_examples = 1024
     c.export = True
 
-    # Adversarial training (see tempscale_tf.adversarial); off by default.
+    # Adversarial training (tempscale_tf.adversarial); off by default.
     c.adv_train = False
+    c.adv_objective = (
+        "paper"  # "paper": CE(F(x)/T, y) + w CE(F(x_adv), y); "madry": CE(F(x_adv)/T, y)
+    )
+    c.adv_weight = 1.0  # w
+    c.adv_eps = 8 / 255
+    c.adv_step_size = 2 / 255
+    c.adv_steps = 7
+    c.adv_loss = "ce"  # the attack's loss: "ce", "margin" or "dlr"
+    c.adv_temperature = 1.0  # the attack's CE temperature
+    c.adv_random_start = True
     return c
 
 
@@ -141,6 +151,22 @@ def validate_config(config) -> None:
         raise ValueError(f"`weight_decay` must be in [0, 1), received {config.weight_decay}")
     if not (0 <= config.momentum < 1):
         raise ValueError(f"`momentum` must be in [0, 1), received {config.momentum}")
+    if config.adv_train:
+        from tempscale_tf.adversarial import ADV_LOSSES, ADV_OBJECTIVES
+
+        if config.adv_objective not in ADV_OBJECTIVES:
+            raise ValueError(
+                f"Unknown adv_objective {config.adv_objective!r}; choose one of "
+                f"{ADV_OBJECTIVES}"
+            )
+        if config.adv_loss not in ADV_LOSSES:
+            raise ValueError(f"Unknown adv_loss {config.adv_loss!r}; choose one of {ADV_LOSSES}")
+        check_temperature(config.adv_temperature, "adv_temperature")
+        check_positive_int(config.adv_steps, "adv_steps")
+        for name in ("adv_eps", "adv_step_size", "adv_weight"):
+            value = config[name]
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"`{name}` must be a finite number >= 0, received {value!r}")
 
 
 def _data_dir(config):
@@ -283,6 +309,7 @@ class _Steps:
         self.label_smoothing = float(config.label_smoothing)
         self.weight_decay = effective_hparams(config)[1]
         self.global_batch = float(global_batch)
+        self.config = config
         replicas = strategy.num_replicas_in_sync
         self.decayed = [_decayed(v) for v in self.model.trainable_variables]
         jit = distribute.resolve_jit_compile(config.jit_compile)
@@ -295,13 +322,63 @@ class _Steps:
         self.train_step = tf.function(self._distributed_train_step, reduce_retracing=True)
         self.eval_step = tf.function(self._distributed_eval_step, reduce_retracing=True)
 
-    def _loss_and_grads(self, images, labels):
-        variables = self.model.trainable_variables
-        with tf.GradientTape() as tape:
+    def _craft(self, images, labels):
+        """Adversarial images for adversarial training (outside the gradient tape)."""
+        from tempscale_tf import adversarial
+
+        c = self.config
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        seed = tf.stack(
+            [
+                tf.cast(c.seed, tf.int64),
+                tf.cast(self.optimizer.iterations, tf.int64) * 1024 + tf.cast(replica, tf.int64),
+            ]
+        )
+        return adversarial.craft_linf_pgd(
+            self.model,
+            images,
+            labels,
+            c.adv_eps,
+            c.adv_step_size,
+            c.adv_steps,
+            c.adv_loss,
+            c.adv_temperature,
+            c.adv_random_start,
+            seed,
+        )
+
+    def _forward_loss(self, images, labels, x_adv=None):
+        """Per-example training loss and the logits whose accuracy the step reports."""
+        c = self.config
+        if x_adv is None:
             logits = self.model(images, training=True)
             per_example = temperature_cross_entropy(
                 labels, logits, self.temperature, label_smoothing=self.label_smoothing
             )
+            return per_example, logits
+        from tempscale_tf import adversarial
+
+        if c.adv_objective == "paper":
+            both = self.model(tf.concat([images, x_adv], axis=0), training=True)
+            logits, logits_adv = tf.split(both, 2, axis=0)
+        else:  # "madry": the reported accuracy is on the adversarial batch
+            logits = logits_adv = self.model(x_adv, training=True)
+        per_example = adversarial.adversarial_objective(
+            logits,
+            logits_adv,
+            labels,
+            self.temperature,
+            c.adv_objective,
+            c.adv_weight,
+            self.label_smoothing,
+        )
+        return per_example, logits
+
+    def _loss_and_grads(self, images, labels):
+        variables = self.model.trainable_variables
+        x_adv = self._craft(images, labels) if self.config.adv_train else None
+        with tf.GradientTape() as tape:
+            per_example, logits = self._forward_loss(images, labels, x_adv)
             loss = tf.reduce_sum(per_example) / self.global_batch
             scaled = (
                 self.optimizer.scale_loss(loss)
@@ -406,10 +483,6 @@ def train(config, workdir, strategy=None, progress: bool = True, max_steps=None)
       The dict written to `workdir/metrics.json`.
     """
     validate_config(config)
-    if config.adv_train:
-        raise NotImplementedError(
-            "adversarial training (config.adv_train) is not implemented in this version"
-        )
     workdir = str(workdir)
     os.makedirs(workdir, exist_ok=True)
     _check_resume_config(workdir, config)

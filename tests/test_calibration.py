@@ -71,8 +71,10 @@ def _ref_nll(logits, labels, t):
 
 def _ref_brier(probs, labels):
     return np.mean(
-        [sum((probs[i, k] - (k == y)) ** 2 for k in range(probs.shape[1])) for i, y in
-         enumerate(labels)]
+        [
+            sum((probs[i, k] - (k == y)) ** 2 for k in range(probs.shape[1]))
+            for i, y in enumerate(labels)
+        ]
     )
 
 

@@ -1,7 +1,8 @@
 """Analyses of trained temperature-scaled runs: gradients, geometry, rank, attacks, OOD, figures.
 
-Convention (as everywhere in `tempscale_tf`): the temperature T *divides* the logits, the loss is
-`CE(softmax(z / T), y)`, and the per-sample gradient w.r.t. the logits is `(softmax(z / T) - y) / T`.
+Convention (as everywhere in `tempscale_tf`): the temperature T *divides* the logits, the loss
+is `CE(softmax(z / T), y)`, and the per-sample gradient w.r.t. the logits is
+`(softmax(z / T) - y) / T`.
 
 Modules:
   * `features`: test arrays of a run, penultimate features + logits, the final Dense layer.

@@ -88,7 +88,8 @@ def summarize_prototype_statistics(stats: dict) -> dict:
         "cosine_var": mean("cosine_var"),
         "relative_distance_mean": float(
             np.mean(
-                stats["distance_mean"][present] / np.maximum(stats["prototype_norm"][present], 1e-12)
+                stats["distance_mean"][present]
+                / np.maximum(stats["prototype_norm"][present], 1e-12)
             )
         ),
     }
@@ -118,6 +119,9 @@ def tsne_embedding(features, max_examples=1000, seed=0, perplexity=30.0):
 
     Returns:
       (embedding float32 [n, 2], indices [n] of the embedded samples).
+
+    Raises:
+      ValueError: if the sample has fewer than 3 distinct feature vectors (a collapsed model).
     """
     from sklearn.manifold import TSNE
 
@@ -128,7 +132,13 @@ def tsne_embedding(features, max_examples=1000, seed=0, perplexity=30.0):
     x = features[idx]
     x = x - x.mean(axis=0)
     scale = np.sqrt(np.mean(np.sum(x**2, axis=1)))
-    x = x / scale if scale > 0 else x
+    if len(np.unique(x, axis=0)) < 3 or not scale > 0:
+        # scikit-learn's Barnes-Hut t-SNE crashes on (near-)identical points.
+        raise ValueError(
+            "t-SNE needs at least 3 distinct feature vectors; these features are collapsed "
+            f"({len(np.unique(x, axis=0))} distinct of {len(x)})"
+        )
+    x = x / scale
     perplexity = float(min(perplexity, max(2.0, (len(idx) - 1) / 3.0)))
     tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
     return tsne.fit_transform(x).astype(np.float32), idx

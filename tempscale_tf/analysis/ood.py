@@ -125,7 +125,10 @@ def ood_metrics(logits_in, logits_out, temperature=1.0) -> dict:
     s_in = ood_scores(logits_in, temperature)
     s_out = ood_scores(logits_out, temperature)
     return {
-        name: {"auroc": auroc(s_in[name], s_out[name]), "fpr95": fpr_at_tpr(s_in[name], s_out[name])}
+        name: {
+            "auroc": auroc(s_in[name], s_out[name]),
+            "fpr95": fpr_at_tpr(s_in[name], s_out[name]),
+        }
         for name in SCORES
     }
 
@@ -149,9 +152,7 @@ def blurred(images, sigma=None) -> np.ndarray:
 
     images = np.asarray(images, np.float32)
     sigma = images.shape[1] / 12.0 if sigma is None else float(sigma)
-    return np.clip(gaussian_filter(images, sigma=(0, sigma, sigma, 0)), 0.0, 1.0).astype(
-        np.float32
-    )
+    return np.clip(gaussian_filter(images, sigma=(0, sigma, sigma, 0)), 0.0, 1.0).astype(np.float32)
 
 
 def default_ood_sets(dataset: str) -> tuple:

@@ -82,6 +82,12 @@ def _plot_vs_temperature(ax, analyses, value, ylabel, marker="o", linestyle="-",
     ax.grid(alpha=0.3)
 
 
+def _collapsed(a) -> bool:
+    """True when all of a run's evaluated features are identical (a dead network)."""
+    f = a.features
+    return bool(len(f) == 0 or np.all(f == f[:1]))
+
+
 def _empty(ax, text):
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, wrap=True)
     ax.set_axis_off()
@@ -136,7 +142,7 @@ def plot_gradient_norms(analyses, theory_temperatures=(0.1, 1, 10, 50, 100)) -> 
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("loss temperature T (fixed logits of each model)")
     ax.set_ylabel("hard share of sum_i ||g_i||")
-    ax.set_title("(c) share of the gradient from the 25% lowest-margin samples (* = training T)")
+    ax.set_title("(c) gradient share of the 25% lowest-margin samples (*: training T)")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
 
@@ -154,12 +160,20 @@ def plot_gradient_norms(analyses, theory_temperatures=(0.1, 1, 10, 50, 100)) -> 
     return fig
 
 
-def plot_direction_cosines(analyses) -> Figure:
-    """Cosine between each sample's negative feature gradient and the way to its prototype."""
+def plot_direction_cosines(analyses, representatives=None) -> Figure:
+    """Cosine between each sample's negative feature gradient and the way to its prototype.
+
+    (a) the distribution per run of `representatives` (default: all; runs with collapsed,
+    identical features are listed but not drawn); (b) the mean vs T over all `analyses`.
+    """
+    representatives = representatives if representatives is not None else analyses
     fig = new_figure(12, 4.5)
     ax1, ax2 = fig.subplots(1, 2)
     bins = np.linspace(-1, 1, 41)
-    for color, a in zip(_colors(len(analyses)), analyses):
+    for color, a in zip(_colors(len(representatives)), representatives):
+        if _collapsed(a):
+            ax1.plot([], [], color=color, label=_run_label(a) + " (collapsed, not drawn)")
+            continue
         ax1.hist(
             a.direction_cosines,
             bins=bins,
@@ -193,14 +207,19 @@ def plot_direction_cosines(analyses) -> Figure:
 
 def plot_tsne(analyses) -> Figure:
     """t-SNE of the penultimate features, one panel per run, coloured by true class."""
-    shown = [a for a in analyses if a.tsne is not None]
+    shown = [a for a in analyses if a.tsne is not None]  # a str: why there is no embedding
     cols = min(4, max(len(shown), 1))
     rows = max(1, math.ceil(len(shown) / cols))
     fig = new_figure(4 * cols, 4 * rows)
     axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
     if not shown:
         _empty(axes[0], "no t-SNE computed")
+    sc = None
     for ax, a in zip(axes, shown):
+        if isinstance(a.tsne, str):
+            _empty(ax, f"{_run_label(a)}\n(no t-SNE: {a.tsne})")
+            ax.title.set_fontsize(8)
+            continue
         emb, idx = a.tsne
         sc = ax.scatter(emb[:, 0], emb[:, 1], c=a.labels[idx], cmap="tab10", s=6, vmin=0, vmax=9)
         ax.set_title(f"{_run_label(a)}\nacc {a.metrics['accuracy']:.3f}", fontsize=9)
@@ -208,14 +227,14 @@ def plot_tsne(analyses) -> Figure:
         ax.set_yticks([])
     for ax in axes[len(shown) :]:
         ax.set_axis_off()
-    if shown:
+    if sc is not None:
         fig.colorbar(sc, ax=list(axes[: len(shown)]), label="class", shrink=0.6)
     return fig
 
 
 def plot_prototype_geometry(analyses) -> Figure:
     """Per class: mean and variance of the distance and cosine to the class prototype."""
-    fig = new_figure(13, 8)
+    fig = new_figure(max(13, 1.2 * len(analyses) + 8), 8)
     axes = fig.subplots(2, 2)
     panels = (
         (axes[0, 0], "distance_mean", "mean ||f - prototype||", "distance_var"),
@@ -293,11 +312,15 @@ def plot_pgd_logits(analyses) -> Figure:
     from tempscale_tf.analysis.adversarial import true_and_other_logits
 
     shown = [a for a in analyses if a.adversarial_logits is not None]
-    n = max(len(shown), 1)
-    fig = new_figure(3.6 * n, 6.5)
-    axes = np.array(fig.subplots(2, n)).reshape(2, n)
+    cols = min(5, max(len(shown), 1))
+    blocks = max(1, math.ceil(len(shown) / cols))
+    fig = new_figure(3.6 * cols, 6.5 * blocks)
+    axes = np.array(fig.subplots(2 * blocks, cols)).reshape(2 * blocks, cols)
     if not shown:
         _empty(axes[0, 0], "PGD not run (eps = 0)")
+    for j in range(len(shown), blocks * cols):
+        axes[2 * (j // cols), j % cols].set_axis_off()
+        axes[2 * (j // cols) + 1, j % cols].set_axis_off()
     for j, a in enumerate(shown):
         rows = ((a.clean_logits, "clean"), (a.adversarial_logits, "PGD"))
         values = [true_and_other_logits(z, a.labels) for z, _ in rows]
@@ -305,14 +328,15 @@ def plot_pgd_logits(analyses) -> Figure:
         hi = max(v.max() for pair in values for v in pair)
         bins = np.linspace(lo, hi if hi > lo else lo + 1, 41)
         for i, ((_, name), (true, other)) in enumerate(zip(rows, values)):
-            ax = axes[i, j]
+            ax = axes[2 * (j // cols) + i, j % cols]
             ax.hist(true, bins=bins, alpha=0.6, color="tab:blue", label="true-class logit z_y")
             ax.hist(other, bins=bins, alpha=0.6, color="tab:red", label="max other logit")
             acc = np.mean(true > other)
             ax.set_title(f"{_run_label(a)}\n{name}: accuracy {acc:.3f}", fontsize=9)
             ax.set_xlabel("logit")
-            if j == 0:
+            if j % cols == 0:
                 ax.set_ylabel("samples")
+            if j == 0:
                 ax.legend(fontsize=7)
     return fig
 
@@ -367,7 +391,8 @@ def plot_rank(analyses, representatives=None) -> Figure:
 
     for color, a in zip(_colors(len(representatives)), representatives):
         s = singular_values(a.features)
-        ax.plot(np.arange(1, len(s) + 1), np.maximum(s / max(s[0], 1e-300), 1e-12), color=color)
+        if s[0] > 0:  # collapsed features have no spectrum to draw
+            ax.plot(np.arange(1, len(s) + 1), np.maximum(s / s[0], 1e-12), color=color)
     ax.set_yscale("log")
     ax.set_xlabel("index")
     ax.set_ylabel("s_i / s_1")

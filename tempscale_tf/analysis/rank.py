@@ -53,7 +53,9 @@ def effective_rank(x, center: bool = True) -> float:
 def default_rank_tolerance(s, shape, dtype) -> float:
     """`s_max * max(shape) * eps(dtype)` (numpy's matrix_rank rule, eps of the input dtype)."""
     s = np.asarray(s)
-    eps = np.finfo(dtype).eps if np.issubdtype(np.dtype(dtype), np.floating) else np.finfo(float).eps
+    eps = (
+        np.finfo(dtype).eps if np.issubdtype(np.dtype(dtype), np.floating) else np.finfo(float).eps
+    )
     return float((s.max() if s.size else 0.0) * max(shape) * eps)
 
 

@@ -43,7 +43,7 @@ class RunAnalysis:
     adversarial_logits: np.ndarray | None
     ood_scores: dict  # {set name or "in": {score name: [n] scores}}
     ood_skipped: dict
-    tsne: tuple | None  # (embedding [n, 2], indices [n]) or None
+    tsne: tuple | str | None  # (embedding [n, 2], indices [n]), or why not (str), or None
     metrics: dict
 
     @property
@@ -117,7 +117,13 @@ def analyze_run(
     proto_stats = geometry.prototype_statistics(feats, labels, prototypes)
     proto_summary = geometry.summarize_prototype_statistics(proto_stats)
     cosines = geometry.prototype_direction_cosines(feats, labels, feat_grads, prototypes)
-    tsne = geometry.tsne_embedding(feats, tsne_examples, seed) if tsne_examples else None
+    tsne = None
+    if tsne_examples:
+        try:
+            tsne = geometry.tsne_embedding(feats, tsne_examples, seed)
+        except ValueError as e:  # collapsed features
+            logging.warning("%s: no t-SNE (%s)", workdir, e)
+            tsne = str(e)
 
     # Rank.
     ks, accs = rank.projected_accuracies(feats, labels, kernel, bias)
@@ -143,7 +149,9 @@ def analyze_run(
         _, ood_logits = features.extract_features(model, ood_images, batch_size)
         scores[name] = ood.ood_scores(ood_logits, t)
         for score in ood.SCORES:
-            ood_rows[f"ood_{name}_{score}_auroc"] = ood.auroc(scores["in"][score], scores[name][score])
+            ood_rows[f"ood_{name}_{score}_auroc"] = ood.auroc(
+                scores["in"][score], scores[name][score]
+            )
             ood_rows[f"ood_{name}_{score}_fpr95"] = ood.fpr_at_tpr(
                 scores["in"][score], scores[name][score]
             )
@@ -175,7 +183,9 @@ def analyze_run(
         "proto_cos_mean": proto_summary["cosine_mean"],
         "proto_cos_var": proto_summary["cosine_var"],
         "dir_cos_mean": float(cosines.mean()),
-        "dir_cos_hard_mean": float(cosines[gradients.hard_mask(margins, "quartile", quantile)].mean()),
+        "dir_cos_hard_mean": float(
+            cosines[gradients.hard_mask(margins, "quartile", quantile)].mean()
+        ),
         "grad_logit_norm_mean": grad_stats["logit_norm_mean"],
         "grad_logit_norm_median": grad_stats["logit_norm_median"],
         "grad_logit_norm_hard_median": grad_stats["logit_norm_hard_median"],

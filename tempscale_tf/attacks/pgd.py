@@ -199,7 +199,7 @@ def scalar_spec(dtype=tf.float32) -> tf.TensorSpec:
 # --------------------------------------------------------------------------- PGD
 
 
-def _attack_objective(logits, y, target, loss, temperature, targeted):
+def attack_objective(logits, y, target, loss, temperature, targeted):
     """Per-example objective that PGD *maximises*: float32 `[batch]`."""
     if loss == "ce":
         # Scale here and call with T=1: `temperature` was validated in Python already, and this
@@ -241,14 +241,14 @@ def _normalize_l2(g):
     return tf.math.divide_no_nan(g, _l2_norm(g))
 
 
-def _project_l2(x_adv, x, eps):
+def project_l2(x_adv, x, eps):
     delta = x_adv - x
     norm = _l2_norm(delta)
     factor = tf.minimum(1.0, eps / tf.maximum(norm, 1e-30))
     return tf.clip_by_value(x + delta * factor, 0.0, 1.0)
 
 
-def _random_start(x, eps, norm, seed):
+def random_start_point(x, eps, norm, seed):
     """A uniform point of the L-inf ball, or uniform direction x radius eps*u^(1/d) (L2)."""
     if norm == "linf":
         return tf.random.stateless_uniform(tf.shape(x), seed, minval=-1.0, maxval=1.0) * eps
@@ -270,7 +270,7 @@ def _build_pgd(model, item_shape, norm, loss, targeted, keep_best, jit_compile):
             upper = tf.minimum(x + eps, 1.0)
             project = lambda z: tf.clip_by_value(z, lower, upper)
         else:
-            project = lambda z: _project_l2(z, x, eps)
+            project = lambda z: project_l2(z, x, eps)
 
         x_adv = project(x + start)
 
@@ -278,7 +278,7 @@ def _build_pgd(model, item_shape, norm, loss, targeted, keep_best, jit_compile):
             with tf.GradientTape() as tape:
                 tape.watch(x_adv)
                 logits = model_logits(net, x_adv)
-                objective = _attack_objective(logits, y, target, loss, temperature, targeted)
+                objective = attack_objective(logits, y, target, loss, temperature, targeted)
             grad = tape.gradient(objective, x_adv)  # d(sum)/dx: examples are independent
             if grad is None:
                 raise ValueError("the model's logits do not depend on its input: no gradient")
@@ -405,7 +405,7 @@ def pgd(
     # Drawn outside the compiled loop: XLA's random kernels differ from TensorFlow's, and this
     # way a seed gives the same start with and without `jit_compile`.
     if random_start:
-        start = _random_start(x, eps, norm, tf.constant([int(seed), 0], tf.int32))
+        start = random_start_point(x, eps, norm, tf.constant([int(seed), 0], tf.int32))
     else:
         start = tf.zeros_like(x)
     return run(

@@ -1,0 +1,98 @@
+"""Adversarial training with the temperature objective (the paper's Eq. 12) or Madry's objective.
+
+Objectives (`config.adv_objective`), per example, with F the logits and T the training
+temperature (T divides the logits):
+
+  - "paper" (Eq. 12): `CE(F(x) / T, y) + w * CE(F(x_adv), y)`, `w = config.adv_weight` (1 in the
+    paper): the clean term is tempered, the adversarial term is plain cross-entropy;
+  - "madry": `CE(F(x_adv) / T, y)`: the standard adversarial-training objective, tempered.
+
+`x_adv` is crafted inside the compiled training step by L-inf PGD (`adv_steps` steps of size
+`adv_step_size` in the `adv_eps` ball, random start, loss `adv_loss` at `adv_temperature`,
+default CE at T=1 on the current weights).
+
+Batch normalisation: the attack runs the model in inference mode (`training=False`), so crafting
+neither uses nor updates the batch statistics. For the "paper" objective the clean and adversarial
+halves then go through the model as one concatenated batch (`training=True`), so BN normalises
+both with the statistics of the mixed batch and its moving averages track the mixture; "madry"
+forwards the adversarial batch only. (Separate BN statistics for clean and adversarial batches,
+as in AdvProp, are not implemented.)
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tempscale_tf.attacks.pgd import attack_objective, random_start_point
+from tempscale_tf.losses import temperature_cross_entropy
+
+ADV_OBJECTIVES = ("paper", "madry")
+ADV_LOSSES = ("ce", "margin", "dlr")
+
+
+def adversarial_objective(
+    logits_clean,
+    logits_adv,
+    labels,
+    temperature,
+    objective="paper",
+    adv_weight=1.0,
+    label_smoothing=0.0,
+):
+    """Per-example adversarial-training loss (float32 `[batch]`); see the module docstring.
+
+    Args:
+      logits_clean: `[batch, K]` logits of the clean images (unused, may be None, for "madry").
+      logits_adv: `[batch, K]` logits of the adversarial images.
+      labels: int `[batch]`.
+      temperature: training temperature T > 0.
+      objective: "paper" or "madry".
+      adv_weight: w, the weight of the adversarial term of the "paper" objective.
+    """
+    if objective == "paper":
+        clean = temperature_cross_entropy(
+            labels, logits_clean, temperature, label_smoothing=label_smoothing
+        )
+        adv = temperature_cross_entropy(labels, logits_adv, 1.0, label_smoothing=label_smoothing)
+        return clean + adv_weight * adv
+    if objective == "madry":
+        return temperature_cross_entropy(
+            labels, logits_adv, temperature, label_smoothing=label_smoothing
+        )
+    raise ValueError(f"Unknown adversarial objective {objective!r}; choose one of {ADV_OBJECTIVES}")
+
+
+def craft_linf_pgd(
+    model,
+    images,
+    labels,
+    eps,
+    step_size,
+    steps,
+    loss="ce",
+    temperature=1.0,
+    random_start=True,
+    seed=None,
+):
+    """L-inf PGD for use *inside* a compiled training step (no caching, no Python loop).
+
+    The model runs with `training=False`. `seed` is a stateless seed (int32/int64 `[2]`) for the
+    random start. Returns adversarial images in the eps-ball around `images` and in [0, 1].
+    """
+    images = tf.convert_to_tensor(images, tf.float32)
+    labels = tf.cast(labels, tf.int32)
+    if random_start:
+        x_adv = tf.clip_by_value(images + random_start_point(images, eps, "linf", seed), 0.0, 1.0)
+    else:
+        x_adv = tf.identity(images)
+    for _ in tf.range(steps):
+        with tf.GradientTape() as tape:
+            tape.watch(x_adv)
+            logits = tf.cast(model(x_adv, training=False), tf.float32)
+            objective = tf.reduce_sum(
+                attack_objective(logits, labels, labels, loss, temperature, False)
+            )
+        grad = tape.gradient(objective, x_adv)
+        x_adv = x_adv + step_size * tf.sign(grad)
+        x_adv = tf.clip_by_value(tf.clip_by_value(x_adv, images - eps, images + eps), 0.0, 1.0)
+    return tf.stop_gradient(x_adv)
