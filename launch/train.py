@@ -35,6 +35,19 @@ flags.DEFINE_integer(
     "(to run MirroredStrategy with several replicas without GPUs).",
 )
 flags.DEFINE_bool("progress", True, "Show a progress bar per epoch.")
+flags.DEFINE_list(
+    "cluster",
+    None,
+    "Multi-worker training without TF_CONFIG: the workers' "
+    "host:port list (the same on every worker), e.g. 10.0.0.1:2222,10.0.0.2:2222.",
+)
+flags.DEFINE_integer(
+    "max_steps",
+    0,
+    "Stop (with a checkpoint) after this many steps in this "
+    "call; rerun the same command to continue. 0: train to the end.",
+)
+flags.DEFINE_integer("task_index", 0, "With --cluster: this worker's index in the list.")
 flags.mark_flag_as_required("workdir")
 cli.define_config_overrides(training.default_config(), skip=("cpu_devices",))
 
@@ -44,11 +57,18 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     from tempscale_tf import distribute
 
+    if flags.FLAGS.cluster:
+        os.environ["TF_CONFIG"] = distribute.tf_config(flags.FLAGS.cluster, flags.FLAGS.task_index)
     distribute.split_cpu(flags.FLAGS.cpu_devices)
     config = cli.apply_config_overrides(flags.FLAGS.config)
     logging.info("Config:\n%s", config)
     try:
-        metrics = training.train(config, flags.FLAGS.workdir, progress=flags.FLAGS.progress)
+        metrics = training.train(
+            config,
+            flags.FLAGS.workdir,
+            progress=flags.FLAGS.progress,
+            max_steps=flags.FLAGS.max_steps or None,
+        )
     except (ValueError, FileNotFoundError, training.CheckpointError) as e:
         logging.error("%s", e)
         print(f"error: {e}", file=sys.stderr)

@@ -289,9 +289,9 @@ def reliability_diagram(probs, labels, n_bins: int = 15, path=None, title=None):
         width=width,
         align="edge",
         edgecolor="tab:red",
-        color="tab:red",
-        alpha=0.3,
-        label="gap to confidence",
+        fill=False,
+        hatch="//",
+        label="gap to mean confidence",
     )
     top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
     top.set_xlim(0, 1)
@@ -465,7 +465,13 @@ def calibrate_run(
 
     def logits_of(split):
         ds = data_lib.load(
-            config.dataset, split, data_dir, batch_size, shuffle=False, augment=False
+            config.dataset,
+            split,
+            data_dir,
+            batch_size,
+            shuffle=False,
+            augment=False,
+            drop_remainder=False,
         )
         return training.predict_logits(model, ds)
 

@@ -180,6 +180,8 @@ class Distiller(keras.Model):
         hard = _weighted_mean(tf.zeros_like(soft) if hard is None else hard, sample_weight)
         soft = _weighted_mean(soft, sample_weight)
         loss = self.alpha * hard + (1.0 - self.alpha) * soft
+        if self.student.losses:  # regularisation losses of the student (kernel_regularizer ...)
+            loss = loss + tf.add_n([tf.cast(r, tf.float32) for r in self.student.losses])
         return student_logits, loss, hard, soft
 
     def _update_trackers(self, x, loss, hard, soft):
@@ -195,8 +197,6 @@ class Distiller(keras.Model):
             student_logits, loss, hard, soft = self._compute_distillation(
                 x, y, sample_weight, training=True
             )
-            if self.student.losses:
-                loss = loss + tf.add_n([tf.cast(r, tf.float32) for r in self.student.losses])
             # Gradients are summed over replicas: each replica contributes 1/replicas.
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
             scaled = self.optimizer.scale_loss(loss / replicas)
@@ -359,7 +359,13 @@ def run_distillation(config, workdir, progress: bool = False) -> dict:
             f"the teacher was trained on {teacher_config.dataset!r}, not {config.dataset!r}"
         )
     test_ds = data_lib.load(
-        config.dataset, config.test_split, config.data_dir or None, 256, shuffle=False
+        config.dataset,
+        config.test_split,
+        config.data_dir or None,
+        256,
+        shuffle=False,
+        augment=False,
+        drop_remainder=False,
     )
     logits, labels = training.predict_logits(teacher, test_ds)
     teacher_metrics = calibration.calibration_metrics(logits, labels)

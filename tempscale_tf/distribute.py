@@ -67,3 +67,38 @@ def split_cpu(num_devices: int) -> None:
                 f"cannot split the CPU into {num_devices} devices: TensorFlow is already "
                 f"initialised with {existing}"
             ) from e
+
+
+def worker_info(strategy) -> tuple[str | None, int]:
+    """(task type, task id) of this process in a multi-worker cluster; (None, 0) otherwise."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "task_type", None):
+        return None, 0
+    return resolver.task_type, int(resolver.task_id or 0)
+
+
+def is_chief(strategy) -> bool:
+    """True for the process that writes checkpoints, summaries and exports.
+
+    That is the `chief` task, or worker 0 when the cluster has no chief; single-process
+    strategies are always chief.
+    """
+    task_type, task_id = worker_info(strategy)
+    if task_type is None or task_type == "chief":
+        return True
+    if task_type != "worker":
+        return False
+    spec = strategy.cluster_resolver.cluster_spec().as_dict()
+    return "chief" not in spec and task_id == 0
+
+
+def tf_config(workers, task_index: int) -> str:
+    """The `TF_CONFIG` JSON for a cluster of `workers` ("host:port" strings), worker 0 = chief."""
+    workers = [w.strip() for w in workers if w.strip()]
+    if not workers or any(":" not in w for w in workers):
+        raise ValueError(f"cluster must be a list of host:port entries, received {workers!r}")
+    if not 0 <= task_index < len(workers):
+        raise ValueError(f"task_index={task_index} is outside the {len(workers)}-worker cluster")
+    return json.dumps(
+        {"cluster": {"worker": workers}, "task": {"type": "worker", "index": int(task_index)}}
+    )

@@ -27,6 +27,7 @@ import dataclasses
 import math
 import os
 import pathlib
+import shutil
 import time
 
 import keras
@@ -484,12 +485,16 @@ def train(config, workdir, strategy=None, progress: bool = True, max_steps=None)
     """
     validate_config(config)
     workdir = str(workdir)
+    strategy = strategy or distribute.make_strategy(config.strategy)
+    # In a multi-worker cluster only the chief writes the run's files; the other workers save
+    # their (identical) checkpoints to a scratch folder, as tf.distribute requires all to save.
+    chief = distribute.is_chief(strategy)
     os.makedirs(workdir, exist_ok=True)
     _check_resume_config(workdir, config)
-    atomic_write_json(os.path.join(workdir, "config.json"), _config_dict(config))
+    if chief:
+        atomic_write_json(os.path.join(workdir, "config.json"), _config_dict(config))
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
-    strategy = strategy or distribute.make_strategy(config.strategy)
 
     data_dir = _data_dir(config)
     info = data_lib.info(config.dataset, data_dir)
@@ -510,20 +515,19 @@ def train(config, workdir, strategy=None, progress: bool = True, max_steps=None)
         raise ValueError(f"batch_size={global_batch} exceeds the {n_train} training examples")
     total_steps = steps_per_epoch * config.epochs
 
-    state = _make_state(config, workdir, strategy, total_steps, steps_per_epoch)
+    task_type, task_id = distribute.worker_info(strategy)
+    scratch = None if chief else os.path.join(workdir, ".workers", f"{task_type}_{task_id}")
+    state = _make_state(config, scratch or workdir, strategy, total_steps, steps_per_epoch)
     model_shape = tuple(state.model.input_shape[1:])
     if model_shape != tuple(info.image_shape):
         raise ValueError(
             f"dataset {config.dataset!r} has images of shape {info.image_shape} but "
             f"model {config.model!r} expects {model_shape}"
         )
-    if state.manager.latest_checkpoint:
-        restore_checkpoint(state.checkpoint, state.manager.latest_checkpoint)
-        logging.info(
-            "Resumed from %s at step %d",
-            state.manager.latest_checkpoint,
-            int(state.optimizer.iterations.numpy()),
-        )
+    latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+    if latest:  # every worker resumes from the chief's latest checkpoint
+        restore_checkpoint(state.checkpoint, latest)
+        logging.info("Resumed from %s at step %d", latest, int(state.optimizer.iterations.numpy()))
     steps = _Steps(config, state, strategy, global_batch)
 
     history_path = os.path.join(workdir, "history.json")
@@ -538,10 +542,13 @@ def train(config, workdir, strategy=None, progress: bool = True, max_steps=None)
     test_ds = data_lib.load(
         config.dataset, config.test_split, data_dir, global_batch, subset=config.test_subset or None
     )
-    dist_test = strategy.experimental_distribute_dataset(test_ds)
+    dist_test = strategy.experimental_distribute_dataset(_shard_by_data(test_ds))
     tb = os.path.join(workdir, "tensorboard")
-    train_writer = tf.summary.create_file_writer(os.path.join(tb, "train"))
-    test_writer = tf.summary.create_file_writer(os.path.join(tb, "test"))
+    if chief:
+        train_writer = tf.summary.create_file_writer(os.path.join(tb, "train"))
+        test_writer = tf.summary.create_file_writer(os.path.join(tb, "test"))
+    else:
+        train_writer = test_writer = tf.summary.create_noop_writer()
 
     logging.info(
         "Training %s on %s at temperature %g: %d epochs x %d steps, global batch %d, "
@@ -575,7 +582,8 @@ def train(config, workdir, strategy=None, progress: bool = True, max_steps=None)
         )
         epoch_start = time.time()
         pending = []
-        for i, batch in enumerate(strategy.experimental_distribute_dataset(train_ds), start=skip):
+        dist_train = strategy.experimental_distribute_dataset(_shard_by_data(train_ds))
+        for i, batch in enumerate(dist_train, start=skip):
             pending.append(steps.train_step(batch))
             steps_done_here += 1
             step = epoch * steps_per_epoch + i + 1
@@ -636,7 +644,7 @@ def train(config, workdir, strategy=None, progress: bool = True, max_steps=None)
         with test_writer.as_default(step=step):
             tf.summary.scalar("loss", test_metrics["loss"])
             tf.summary.scalar("accuracy", test_metrics["accuracy"])
-        if config.histogram_examples:
+        if config.histogram_examples and chief:
             _write_histograms(
                 test_writer,
                 state.model,
@@ -648,7 +656,8 @@ def train(config, workdir, strategy=None, progress: bool = True, max_steps=None)
         train_writer.flush()
         test_writer.flush()
         history.append(record)
-        atomic_write_json(history_path, history)  # before the checkpoint: see module docstring
+        if chief:  # the history is written before the checkpoint: see the module docstring
+            atomic_write_json(history_path, history)
         for v in acc.values():
             v.assign(0.0)
         state.manager.save(checkpoint_number=step)
@@ -685,6 +694,9 @@ def train(config, workdir, strategy=None, progress: bool = True, max_steps=None)
         **{k: v for k, v in final.items() if "/" in k},
         "num_parameters": int(state.model.count_params()),
     }
+    if not chief:
+        shutil.rmtree(scratch, ignore_errors=True)
+        return metrics
     if config.export:
         from tempscale_tf.export import export_saved_model
 
@@ -692,6 +704,14 @@ def train(config, workdir, strategy=None, progress: bool = True, max_steps=None)
         metrics["export"] = os.path.join(workdir, "export")
     atomic_write_json(os.path.join(workdir, "metrics.json"), metrics)
     return metrics
+
+
+def _shard_by_data(dataset):
+    """Multi-worker input: every worker builds the same pipeline and keeps its share of each
+    global batch (DATA sharding), so a step sees exactly the single-process global batch."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
 
 
 def load_run(workdir, checkpoint=None):

@@ -320,6 +320,8 @@ def test_calibrate_launcher_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "calibration.json").read_text())
     assert results["val_examples_seen_in_training"] == 0
+    assert results["metrics"]["val/before"]["count"] == 300  # every example, no batch dropped
+    assert results["metrics"]["test/before"]["count"] == 360
     t = results["fitted_temperature"]
     m = results["metrics"]
     # T minimises the validation NLL, so the NLL on the fit set cannot get worse. ECE is not
