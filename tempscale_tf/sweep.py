@@ -5,8 +5,8 @@ A sweep config (`configs/sweep_*.py`) is a `ConfigDict` with:
     `dataset`, `temperature` and `seed`;
   - `eval`: an evaluation config (`evaluation.default_eval_config()` fields);
   - `datasets`, `temperatures`, `seeds`: the grid;
-  - `table_dir`: where `table1_<dataset>_<model>.{csv,md}` go; `notes`: how the setting differs
-    from the paper (written under the table).
+  - `table_dir`: where `<table_prefix>_<dataset>_<model>.{csv,md}` go (`table_prefix` defaults
+    to "table1"); `notes`: how the setting differs from the paper (written under the table).
 """
 
 from __future__ import annotations
@@ -90,7 +90,8 @@ def assemble_tables(rows, sweep_config, command) -> list[str]:
     ]
     base, ev = sweep_config.train, sweep_config.eval
     for (dataset, model), group in frame.groupby(["dataset", "model"]):
-        stem = os.path.join(sweep_config.table_dir, f"table1_{dataset}_{model}")
+        prefix = sweep_config.get("table_prefix", "table1")
+        stem = os.path.join(sweep_config.table_dir, f"{prefix}_{dataset}_{model}")
         summary = tables.mean_std(group, "temperature", columns, digits=3)
         settings = {
             "dataset": dataset,
@@ -102,6 +103,16 @@ def assemble_tables(rows, sweep_config, command) -> list[str]:
             "weight_decay": base.weight_decay,
             "schedule": base.schedule,
             "scale_lr_with_temperature": base.scale_lr_with_temperature,
+            **(
+                {
+                    "adv_train": f"{base.adv_objective} objective, weight {base.adv_weight}, "
+                    f"PGD-{base.adv_steps} eps={base.adv_eps:.5g} "
+                    f"step={base.adv_step_size:.5g} {base.adv_loss} at "
+                    f"T={base.adv_temperature:g}"
+                }
+                if base.adv_train
+                else {}
+            ),
             "seeds": sorted(set(int(s) for s in group["seed"])),
             "eval_examples": ev.num_examples or "all",
             "attacks": f"L-inf eps={ev.eps:.5g} step={ev.step_size:.5g} steps={ev.steps} "
