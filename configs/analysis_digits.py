@@ -3,20 +3,20 @@ r"""The digits runs behind the committed analysis figures (tables/figures/, tabl
 The small CNN of `configs/digits_small.py` (same settings but lr 0.1) for 20 epochs, without
 export or TensorBoard histograms (the analysis reads the checkpoints and history.json).
 The grid: temperatures {0.1, 1, 10, 50} x lr {0.1, 0.01} x seeds {0, 1}, plus lr x T
-(`scale_lr_with_temperature`: lr 0.1 x T, weight decay / T) at T in {10, 50} x seeds {0, 1};
+(`scale_lr_with_temperature`: lr 0.1 x T, weight decay / T) at T in {0.1, 10, 50} x seeds {0, 1};
 about a minute per run on 2 CPU cores:
 
   for s in 0 1; do for lr in 0.1 0.01; do for t in 0.1 1 10 50; do
     python launch/train.py --config=configs/analysis_digits.py --temperature=$t --lr=$lr \
       --seed=$s --progress=false --workdir=runs/analysis/digits_t${t}_lr${lr}_s$s; done; done
-    for t in 10 50; do
+    for t in 0.1 10 50; do
     python launch/train.py --config=configs/analysis_digits.py --temperature=$t --lr=0.1 \
       --seed=$s --scale_lr_with_temperature --progress=false \
       --workdir=runs/analysis/digits_t${t}_lr0.1xT_s$s; done; done
   python launch/analyze.py --workdirs='runs/analysis/*' --outdir=tables/figures \
       --table=tables/analysis_digits
 
-`:smoke` shrinks a run to 2 epochs on 256 training images (what tests/test_analysis.py trains).
+`:smoke` shrinks a run to 2 epochs on 256 training images.
 """
 
 from tempscale_tf.training import default_config

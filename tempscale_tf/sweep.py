@@ -57,7 +57,9 @@ def run_cell(config, eval_config, workdir, progress=False) -> dict:
         if row.get("eval_settings") == settings:
             return row
         logging.info("%s: evaluation settings changed, re-evaluating", workdir)
-    if not os.path.exists(os.path.join(workdir, "metrics.json")):
+    if os.path.exists(os.path.join(workdir, "metrics.json")):
+        training.check_resume_config(workdir, config)  # a finished cell must match the grid
+    else:
         training.train(config, workdir, progress=progress)
     train_metrics = read_json(os.path.join(workdir, "metrics.json"))
     model, _ = training.load_run(workdir)
@@ -147,11 +149,12 @@ def run_sweep(sweep_config, root, command="", progress=False, max_cells=None) ->
         check_temperature(t)
     if not sweep_config.seeds or not sweep_config.datasets:
         raise ValueError("a sweep needs at least one dataset and one seed")
+    # Seeds outermost: a partial sweep covers every temperature with the first seed first.
     cells = [
         (d, float(t), int(s))
+        for s in sweep_config.seeds
         for d in sweep_config.datasets
         for t in sweep_config.temperatures
-        for s in sweep_config.seeds
     ]
     rows, paths, new = [], [], 0
     start = time.time()

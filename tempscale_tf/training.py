@@ -271,7 +271,7 @@ def restore_checkpoint(checkpoint: tf.train.Checkpoint, path: str, partial=False
         ) from e
 
 
-def _check_resume_config(workdir, config):
+def check_resume_config(workdir, config):
     path = pathlib.Path(workdir) / "config.json"
     if not path.exists():
         return
@@ -490,7 +490,7 @@ def train(config, workdir, strategy=None, progress: bool = True, max_steps=None)
     # their (identical) checkpoints to a scratch folder, as tf.distribute requires all to save.
     chief = distribute.is_chief(strategy)
     os.makedirs(workdir, exist_ok=True)
-    _check_resume_config(workdir, config)
+    check_resume_config(workdir, config)
     if chief:
         atomic_write_json(os.path.join(workdir, "config.json"), _config_dict(config))
     if config.deterministic:

@@ -337,10 +337,9 @@ def _check_png(path):
 
 
 def test_analyze_script_end_to_end(tmp_path):
+    import configs.digits_small as digits_small
     from tempscale_tf import training
     from tempscale_tf.analysis import plots
-
-    import configs.digits_small as digits_small
 
     for temperature in (1.0, 20.0):
         config = digits_small.get_config("smoke")

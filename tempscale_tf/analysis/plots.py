@@ -7,6 +7,7 @@ temperature T of a run is its training temperature and divides the logits (`soft
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import pathlib
 
@@ -58,11 +59,26 @@ def _group_label(key) -> str:
     return f"{key.model}, {key.lr_label}" if key.dataset else key.lr_label
 
 
+def _scaled_twin(key):
+    """At T = 1, lr x T training is the plain run: the key of the lr x T group it also joins."""
+    if key.temperature == 1.0 and not key.scaled_lr:
+        return dataclasses.replace(key, scaled_lr=True)
+    return None
+
+
 def _by_group(analyses, value):
-    """{group label: (temperatures sorted, mean value per T, all (T, value) points)}."""
+    """{group label: (temperatures sorted, mean value per T, all (T, value) points)}.
+
+    A plain T = 1 run also joins the lr x T group of the same lr (the two trainings coincide).
+    """
     groups = {}
     for a in analyses:
         groups.setdefault(_group_label(a.key), []).append((a.temperature, value(a)))
+    labels = set(groups)
+    for a in analyses:
+        twin = _scaled_twin(a.key)
+        if twin is not None and _group_label(twin) in labels:
+            groups[_group_label(twin)].append((a.temperature, value(a)))
     out = {}
     for label, points in sorted(groups.items()):
         ts = sorted({t for t, _ in points})
@@ -276,6 +292,10 @@ def plot_convergence(curves) -> Figure:
     panels = {}
     for key, curve in curves.items():
         panels.setdefault(_group_label(key), []).append((key, curve))
+    for key, curve in curves.items():  # plain T = 1 runs are also the lr x T runs at T = 1
+        twin = _scaled_twin(key)
+        if twin is not None and _group_label(twin) in panels:
+            panels[_group_label(twin)].append((key, curve))
     n = max(len(panels), 1)
     fig = new_figure(5 * n, 4.5)
     axes = np.atleast_1d(fig.subplots(1, n)).ravel()
