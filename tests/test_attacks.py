@@ -469,3 +469,21 @@ def test_attacks_reject_bad_shapes_and_ranges():
         worst_case(model, x, y, [("a", attack), ("a", attack)])
     with pytest.raises(ValueError, match="no gradient"):
         pgd(model, x, y)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7])
+def test_early_stop_finds_the_same_successes(conv, chunk):
+    """Chunked PGD that drops finished examples fools exactly the examples the full loop does."""
+    model, x, y = conv["model"], conv["x"], conv["y"]
+    kwargs = dict(eps=0.02, step_size=0.005, steps=10, seed=3)
+    full = pgd(model, x, y, **kwargs)
+    chunked = pgd(model, x, y, early_stop=chunk, **kwargs)
+    fooled_full = _predict(model, full) != y
+    fooled_chunked = _predict(model, chunked) != y
+    assert 0 < fooled_full.sum() < len(y)
+    np.testing.assert_array_equal(fooled_full, fooled_chunked)
+    # Examples never fooled followed the same iterates to the end.
+    np.testing.assert_allclose(chunked.numpy()[~fooled_full], full.numpy()[~fooled_full], atol=1e-6)
+    assert np.max(np.abs(chunked.numpy() - np.asarray(x))) <= 0.02 + 1e-6
+    with pytest.raises(ValueError, match="keep_best"):
+        pgd(model, x, y, keep_best=False, early_stop=2, **kwargs)

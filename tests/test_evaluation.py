@@ -106,9 +106,8 @@ def test_tiny_sweep_writes_table_and_resumes(tmp_path):
 
 
 def test_evaluate_script(tmp_path):
-    from tempscale_tf import training
-
     import configs.digits_small as digits_small
+    from tempscale_tf import training
 
     config = digits_small.get_config("smoke")
     config.train_subset, config.model_kwargs.width, config.export = 128, 4, False

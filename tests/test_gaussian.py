@@ -34,8 +34,8 @@ def test_bayes_posterior_is_a_softmax_at_t_equal_two_sigma_squared():
 @pytest.mark.parametrize("centres", ["class_means", "learned"])
 def test_fit_recovers_the_bayes_temperature(sigma, centres):
     means = gaussian.two_cluster_means(dim=2, separation=2.0)
-    x, y = gaussian.make_gaussian_clusters(20_000, means, sigma, seed=1)
-    fit = gaussian.fit_gaussian_model(x, y, 2, centres=centres, anchor_weight=1.0, steps=800)
+    x, y = gaussian.make_gaussian_clusters(10_000, means, sigma, seed=1)
+    fit = gaussian.fit_gaussian_model(x, y, 2, centres=centres, anchor_weight=1.0, steps=400)
     t_true = 2 * sigma**2
     assert fit["temperature"] == pytest.approx(t_true, rel=0.1)
     np.testing.assert_allclose(fit["centres"], means, atol=0.1)
@@ -44,10 +44,10 @@ def test_fit_recovers_the_bayes_temperature(sigma, centres):
 def test_ce_alone_does_not_identify_t_but_its_rescaled_value():
     means = gaussian.two_cluster_means(dim=2, separation=2.0)
     sigma = 1.0
-    x, y = gaussian.make_gaussian_clusters(20_000, means, sigma, seed=2)
+    x, y = gaussian.make_gaussian_clusters(10_000, means, sigma, seed=2)
     fits = [
         gaussian.fit_gaussian_model(
-            x, y, 2, centres="learned", anchor_weight=0.0, initial_temperature=t0, steps=800
+            x, y, 2, centres="learned", anchor_weight=0.0, initial_temperature=t0, steps=400
         )
         for t0 in (0.5, 8.0)
     ]

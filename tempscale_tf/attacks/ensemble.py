@@ -135,6 +135,7 @@ def default_attacks(
     num_targets=3,
     seed=None,
     jit_compile=None,
+    early_stop=5,
 ) -> list[tuple[str, Attack]]:
     """The library's standard attack list for `worst_case`, cheapest and strongest first.
 
@@ -158,6 +159,9 @@ def default_attacks(
       num_targets: k, the number of target classes of attack 4.
       seed: int seed of the random starts, or None.
       jit_compile: passed to `pgd`.
+      early_stop: passed to `pgd`: every `early_stop` steps, examples already fooled stop
+        being attacked (same successes as the full loop, less work); None runs every step on
+        every example.
 
     Returns:
       list of (name, attack) pairs, `attack(model, x, y) -> x_adv`.
@@ -178,6 +182,7 @@ def default_attacks(
         random_start=random_start,
         seed=seed,
         jit_compile=jit_compile,
+        early_stop=early_stop,
     )
     ce_at_t = functools.partial(pgd, temperature=temperature, **common)
     attacks = [(f"pgd_ce_t{temperature:g}", ce_at_t)]

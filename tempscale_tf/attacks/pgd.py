@@ -321,6 +321,7 @@ def pgd(
     seed=None,
     keep_best=True,
     jit_compile=None,
+    early_stop=None,
 ):
     """Projected gradient descent (Madry et al., 2018) in the L-inf or L2 ball, in [0, 1].
 
@@ -366,6 +367,11 @@ def pgd(
         did not, so the result is never weaker than the last iterate. If False, return the
         last iterate.
       jit_compile: compile the loop with XLA. None: on if a GPU is visible, off on CPU.
+      early_stop: None, or a chunk length k: run the loop k steps at a time and stop attacking
+        the examples that already succeeded (they keep their successful iterate). The examples
+        still running follow exactly the iterates of the uninterrupted loop, so the set of
+        successful examples equals the `keep_best=True` result; the work shrinks as examples
+        fall. Requires `keep_best=True`.
 
     Returns:
       float32 tensor shaped like `x`: adversarial images with `|x_adv - x| <= eps`
@@ -408,16 +414,35 @@ def pgd(
         start = random_start_point(x, eps, norm, tf.constant([int(seed), 0], tf.int32))
     else:
         start = tf.zeros_like(x)
-    return run(
-        x,
-        start,
-        y,
-        target,
-        eps,
+    args = (
         tf.constant(step_size, tf.float32),
         tf.constant(temperature, tf.float32),
-        tf.constant(steps, tf.int32),
     )
+    if early_stop is None:
+        return run(x, start, y, target, eps, *args, tf.constant(steps, tf.int32))
+    early_stop = check_positive_int(early_stop, "early_stop")
+    if not keep_best:
+        raise ValueError("early_stop needs keep_best=True (finished examples keep their success)")
+    return _run_in_chunks(model, run, x, start, y, target, eps, args, steps, early_stop, targeted)
+
+
+def _run_in_chunks(model, run, x, start, y, target, eps, args, steps, chunk, targeted):
+    """Run the compiled loop `chunk` steps at a time on the examples not yet successful."""
+    result = x + start  # overwritten for every example below
+    active = tf.range(tf.shape(x)[0])
+    done = 0
+    while done < steps and int(tf.size(active)) > 0:
+        n = min(chunk, steps - done)
+        xa, ya, ta = (tf.gather(t, active) for t in (x, y, target))
+        adv = run(xa, tf.gather(start, active), ya, ta, eps, *args, tf.constant(n, tf.int32))
+        result = tf.tensor_scatter_nd_update(result, active[:, None], adv)
+        done += n
+        # keep_best: an example returned successful is finished; the others returned their
+        # last iterate, from which the next chunk continues (no new random start).
+        success = _is_success(model_logits(model, adv), ya, ta, targeted)
+        start = tf.tensor_scatter_nd_update(start, active[:, None], adv - xa)
+        active = tf.boolean_mask(active, tf.logical_not(success))
+    return result
 
 
 def cw_linf(model, x, y, eps=8 / 255, step_size=2 / 255, steps=20, **kwargs):
