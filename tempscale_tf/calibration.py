@@ -411,8 +411,8 @@ def training_overlap(config, split: str) -> int:
     """
     from tempscale_tf import data as data_lib
 
-    base_val, slice_val = data_lib._parse_split(split)
-    base_train, slice_train = data_lib._parse_split(config.train_split)
+    base_val, slice_val = data_lib.parse_split(split)
+    base_train, slice_train = data_lib.parse_split(config.train_split)
     if base_val != base_train:
         return 0
     data_dir = config.data_dir or None
@@ -420,8 +420,7 @@ def training_overlap(config, split: str) -> int:
     train_idx = np.arange(n)[slice_train]
     if config.train_subset:
         # Same seeded sample as tempscale_tf.data.load(subset=...).
-        keep = np.random.default_rng(12345).permutation(len(train_idx))[: config.train_subset]
-        train_idx = train_idx[np.sort(keep)]
+        train_idx = train_idx[data_lib.subset_indices(len(train_idx), config.train_subset)]
     return int(np.intersect1d(train_idx, np.arange(n)[slice_val]).size)
 
 

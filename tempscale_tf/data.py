@@ -254,7 +254,8 @@ def _check_name(name):
         raise ValueError(f"Unknown dataset {name!r}. Available: {list(DATASETS)}")
 
 
-def _parse_split(split):
+def parse_split(split):
+    """`'train[:45000]'` -> ('train', slice(None, 45000)); raises ValueError for bad splits."""
     match = _SPLIT_RE.match(str(split))
     if not match:
         raise ValueError(
@@ -283,7 +284,7 @@ def load_arrays(name: str, split: str = "train", data_dir=None):
     Arrays are cached per process, so repeated calls (one per epoch) are cheap.
     """
     _check_name(name)
-    base, sl = _parse_split(split)
+    base, sl = parse_split(split)
     data_dir = str(pathlib.Path(data_dir).expanduser() if data_dir else default_data_dir())
     images, labels = _cached_arrays(name, base, data_dir)
     return images[sl], labels[sl]
@@ -384,9 +385,9 @@ def load(
         subset = check_positive_int(subset, "subset")
         if subset > len(labels):
             raise ValueError(f"subset={subset} is larger than split {split!r} ({len(labels)})")
-        keep = np.sort(np.random.default_rng(12345).permutation(len(labels))[:subset])
+        keep = subset_indices(len(labels), subset)
         images, labels = images[keep], labels[keep]
-    training = _parse_split(split)[0] == "train"
+    training = parse_split(split)[0] == "train"
     shuffle = training if shuffle is None else shuffle
     augment = training if augment is None else augment
     drop_remainder = training if drop_remainder is None else drop_remainder
@@ -413,6 +414,11 @@ def load(
         ds = ds.skip(skip_batches)
     ds = ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE) if prefetch else ds
+
+
+def subset_indices(num_examples: int, subset: int) -> np.ndarray:
+    """The sorted indices of the fixed seeded sample that `load(..., subset=subset)` keeps."""
+    return np.sort(np.random.default_rng(12345).permutation(num_examples)[:subset])
 
 
 def num_batches(num_examples: int, batch_size: int, drop_remainder: bool) -> int:

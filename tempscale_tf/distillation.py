@@ -235,7 +235,7 @@ def training_dataset(
         subset = check_positive_int(subset, "subset")
         if subset > len(labels):
             raise ValueError(f"subset={subset} is larger than split {split!r} ({len(labels)})")
-        keep = np.sort(np.random.default_rng(12345).permutation(len(labels))[:subset])
+        keep = data_lib.subset_indices(len(labels), subset)
         images, labels = images[keep], labels[keep]
     n = len(labels)
     if batch_size > n:
