@@ -78,3 +78,28 @@ def test_bad_temperature(bad):
         TemperatureSoftmax(bad)
     with pytest.raises(ValueError, match="temperature"):
         TemperatureScaling(bad)
+
+
+def test_loss_round_trip_through_saved_model(tmp_path):
+    """The loss inside a SavedModel (a tf.Module) computes the same values after reloading."""
+    from tempscale_tf.losses import TemperatureCrossEntropy
+
+    class LossModule(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.loss = TemperatureCrossEntropy(temperature=20.0)
+
+        @tf.function(
+            input_signature=[tf.TensorSpec([None], tf.int32), tf.TensorSpec([None, 4], tf.float32)]
+        )
+        def __call__(self, labels, logits):
+            return self.loss(labels, logits)
+
+    module = LossModule()
+    tf.saved_model.save(module, str(tmp_path / "loss"))
+    restored = tf.saved_model.load(str(tmp_path / "loss"))
+    logits = np.random.default_rng(4).normal(size=(6, 4)).astype("float32") * 30
+    labels = np.arange(6, dtype="int32") % 4
+    np.testing.assert_allclose(
+        restored(labels, logits).numpy(), module(labels, logits).numpy(), rtol=1e-6
+    )

@@ -210,3 +210,37 @@ def test_launcher_reports_bad_temperature(tmp_path):
     )
     assert result.returncode == 2
     assert "temperature" in result.stderr and "-1" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(jit_compile=True, deterministic=False),  # XLA has no deterministic MaxPoolGrad
+        dict(mixed_precision=True),
+        dict(model="vit_tiny", normalize=False),
+    ],
+    ids=["xla", "mixed_bfloat16", "vit_tiny"],
+)
+def test_other_step_variants_train(tmp_path, overrides):
+    """XLA, mixed precision and a ViT all go through the same loop and learn."""
+    config = tiny_config(epochs=2, lr=0.05, temperature=1.0, **overrides)
+    if config.model == "vit_tiny":
+        config.model_kwargs = type(config.model_kwargs)({"patch_size": 8})
+    strategy = tf.distribute.get_strategy()
+    metrics = training.train(config, tmp_path / "run", strategy=strategy, progress=False)
+    history = training.read_json(tmp_path / "run" / "history.json")
+    assert (
+        np.isfinite(metrics["train/loss"])
+        and history[-1]["train/loss"] < history[0]["train/loss"] + 0.05
+    )
+    if overrides.get("jit_compile"):
+        reference = training.train(
+            tiny_config(epochs=2, lr=0.05, temperature=1.0),
+            tmp_path / "graph",
+            strategy=strategy,
+            progress=False,
+        )
+        assert metrics["train/loss"] == pytest.approx(reference["train/loss"], rel=1e-3)
+    if overrides.get("mixed_precision"):
+        model, _ = training.load_run(tmp_path / "run")
+        assert model.get_layer("logits").dtype_policy.compute_dtype == "float32"

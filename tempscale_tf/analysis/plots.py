@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import pathlib
+import textwrap
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -43,11 +44,37 @@ def save_figure(fig: Figure, path) -> str:
     return str(path)
 
 
-def _colors(n):
+_LINESTYLES = ("-", "--", ":", "-.")
+_MARKERS = ("o", "s", "^", "D", "v", "P")
+_HATCHES = (None, "//", "..", "xx", "\\\\", "++")
+
+
+def _colors(n, name="tab10"):
     from matplotlib import colormaps
 
-    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    cmap = colormaps[name if n <= 10 else "tab20"]
     return [cmap(i % cmap.N) for i in range(n)]
+
+
+class _Styles:
+    """Per-run styles: the colour encodes the temperature, the line style / marker / hatch the
+    learning-rate setting, consistently across figures."""
+
+    def __init__(self, keys):
+        keys = list(keys)
+        temps = sorted({k.temperature for k in keys})
+        self._color = dict(zip(temps, _colors(len(temps))))
+        groups = sorted({_group_label(k) for k in keys})
+        self._group = {g: i for i, g in enumerate(groups)}
+
+    def __call__(self, key) -> dict:
+        i = self._group.get(_group_label(key), 0)
+        return {
+            "color": self._color.get(key.temperature, "k"),
+            "linestyle": _LINESTYLES[i % len(_LINESTYLES)],
+            "marker": _MARKERS[i % len(_MARKERS)],
+            "hatch": _HATCHES[i % len(_HATCHES)],
+        }
 
 
 def _run_label(a) -> str:
@@ -89,7 +116,7 @@ def _by_group(analyses, value):
 
 def _plot_vs_temperature(ax, analyses, value, ylabel, marker="o", linestyle="-", suffix=""):
     groups = _by_group(analyses, value)
-    for color, (label, (ts, means, points)) in zip(_colors(len(groups)), groups.items()):
+    for color, (label, (ts, means, points)) in zip(_colors(len(groups), "Dark2"), groups.items()):
         ax.plot(ts, means, linestyle=linestyle, marker=marker, color=color, label=label + suffix)
         ax.scatter([p[0] for p in points], [p[1] for p in points], color=color, s=12, alpha=0.5)
     ax.set_xscale("log")
@@ -131,28 +158,38 @@ def plot_gradient_norms(analyses, theory_temperatures=(0.1, 1, 10, 50, 100)) -> 
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
 
+    style = _Styles(a.key for a in analyses)
     ax = axes[0, 1]
-    for color, a in zip(_colors(len(analyses)), analyses):
+    for a in analyses:
+        st = style(a.key)
         ax.scatter(
             a.margins,
             np.maximum(a.logit_grad_norms, 1e-12),
-            s=5,
+            s=6,
             alpha=0.5,
-            color=color,
+            color=st["color"],
+            marker=st["marker"],
             label=_run_label(a),
         )
     ax.set_yscale("log")
     ax.set_xlabel("logit margin (test samples)")
     ax.set_ylabel("||dCE_T/dz|| at the training T")
     ax.set_title("(b) trained models: gradient norm vs margin")
-    ax.legend(fontsize=7, markerscale=3)
+    ax.legend(fontsize=7, markerscale=2)
     ax.grid(alpha=0.3)
 
     ax = axes[1, 0]
-    for color, a in zip(_colors(len(analyses)), analyses):
+    for a in analyses:
+        st = style(a.key)
         sw = a.sweep
-        ax.plot(sw["temperature"], sw["hard_share"], color=color, label=_run_label(a))
-        ax.scatter([a.temperature], [a.metrics["hard_share"]], color=color, s=40, marker="*")
+        ax.plot(
+            sw["temperature"],
+            sw["hard_share"],
+            color=st["color"],
+            linestyle=st["linestyle"],
+            label=_run_label(a),
+        )
+        ax.scatter([a.temperature], [a.metrics["hard_share"]], color=st["color"], s=60, marker="*")
     ax.axhline(0.25, color="gray", linestyle=":", linewidth=1)
     ax.set_xscale("log")
     ax.set_ylim(0, 1.02)
@@ -163,16 +200,21 @@ def plot_gradient_norms(analyses, theory_temperatures=(0.1, 1, 10, 50, 100)) -> 
     ax.grid(alpha=0.3)
 
     ax = axes[1, 1]
-    for color, a in zip(_colors(len(analyses)), analyses):
-        sw = a.sweep
-        ratio = sw["logit_norm_hard_median"] / np.maximum(sw["logit_norm_easy_median"], 1e-300)
-        ax.plot(sw["temperature"], ratio, color=color, label=_run_label(a))
-    ax.set_xscale("log")
+    _plot_vs_temperature(
+        ax, analyses, lambda a: a.metrics["grad_logit_norm_hard_median"], "", suffix=" (hard 25%)"
+    )
+    _plot_vs_temperature(
+        ax,
+        analyses,
+        lambda a: a.metrics["grad_logit_norm_easy_median"],
+        "median ||dCE_T/dz|| at the training T",
+        marker="s",
+        linestyle="--",
+        suffix=" (easy 75%)",
+    )
     ax.set_yscale("log")
-    ax.set_xlabel("loss temperature T (fixed logits of each model)")
-    ax.set_ylabel("median ||g|| hard / median ||g|| easy")
-    ax.set_title("(d) hard-vs-easy gradient ratio")
-    ax.grid(alpha=0.3)
+    ax.set_title("(d) median gradient norm of hard and easy samples")
+    ax.legend(fontsize=7)
     return fig
 
 
@@ -186,16 +228,19 @@ def plot_direction_cosines(analyses, representatives=None) -> Figure:
     fig = new_figure(12, 4.5)
     ax1, ax2 = fig.subplots(1, 2)
     bins = np.linspace(-1, 1, 41)
-    for color, a in zip(_colors(len(representatives)), representatives):
+    style = _Styles(a.key for a in representatives)
+    for a in representatives:
+        st = style(a.key)
         if _collapsed(a):
-            ax1.plot([], [], color=color, label=_run_label(a) + " (collapsed, not drawn)")
+            ax1.plot([], [], color=st["color"], label=_run_label(a) + " (collapsed, not drawn)")
             continue
         ax1.hist(
             a.direction_cosines,
             bins=bins,
             histtype="step",
             density=True,
-            color=color,
+            color=st["color"],
+            linestyle=st["linestyle"],
             linewidth=1.5,
             label=_run_label(a),
         )
@@ -233,8 +278,7 @@ def plot_tsne(analyses) -> Figure:
     sc = None
     for ax, a in zip(axes, shown):
         if isinstance(a.tsne, str):
-            _empty(ax, f"{_run_label(a)}\n(no t-SNE: {a.tsne})")
-            ax.title.set_fontsize(8)
+            _empty(ax, f"{_run_label(a)}\nno t-SNE:\n" + textwrap.fill(a.tsne, 36))
             continue
         emb, idx = a.tsne
         sc = ax.scatter(emb[:, 0], emb[:, 1], c=a.labels[idx], cmap="tab10", s=6, vmin=0, vmax=9)
@@ -260,8 +304,10 @@ def plot_prototype_geometry(analyses) -> Figure:
     )
     n = max(len(analyses), 1)
     width = 0.8 / n
+    style = _Styles(a.key for a in analyses)
     for ax, key, ylabel, err in panels:
-        for i, (color, a) in enumerate(zip(_colors(len(analyses)), analyses)):
+        for i, a in enumerate(analyses):
+            st = style(a.key)
             stats = a.prototype_stats
             classes = np.arange(len(stats[key]))
             yerr = np.sqrt(stats[err]) if err else None
@@ -270,7 +316,10 @@ def plot_prototype_geometry(analyses) -> Figure:
                 stats[key],
                 width,
                 yerr=yerr,
-                color=color,
+                color=st["color"],
+                hatch=st["hatch"],
+                edgecolor="white" if st["hatch"] else None,
+                linewidth=0,
                 label=_run_label(a),
                 error_kw={"elinewidth": 0.6, "capsize": 1},
             )
@@ -396,11 +445,20 @@ def plot_rank(analyses, representatives=None) -> Figure:
     ax.set_title("(b) numerical rank (s > s_max * max(N, D) * eps_float32)")
     ax.legend(fontsize=7)
     ax = axes[1, 0]
-    for color, a in zip(_colors(len(representatives)), representatives):
-        ax.plot(a.rank_ks, a.rank_accuracies, color=color, label=_run_label(a))
+    style = _Styles(a.key for a in representatives)
+    for a in representatives:
+        st = style(a.key)
+        ax.plot(
+            a.rank_ks,
+            a.rank_accuracies,
+            color=st["color"],
+            linestyle=st["linestyle"],
+            label=_run_label(a),
+        )
         k = a.metrics["k_within_1pt"]
         if not (isinstance(k, float) and math.isnan(k)):
-            ax.scatter([k], [a.rank_accuracies[list(a.rank_ks).index(k)]], color=color, s=30)
+            y = a.rank_accuracies[list(a.rank_ks).index(k)]
+            ax.scatter([k], [y], color=st["color"], s=30)
     ax.set_xlabel("k principal directions kept")
     ax.set_ylabel("accuracy (model's own head)")
     ax.set_title("(c) accuracy after projecting features on the top-k PCs (dot: within 1 pt)")
@@ -409,10 +467,17 @@ def plot_rank(analyses, representatives=None) -> Figure:
     ax = axes[1, 1]
     from tempscale_tf.analysis.rank import singular_values
 
-    for color, a in zip(_colors(len(representatives)), representatives):
+    for a in representatives:
+        st = style(a.key)
         s = singular_values(a.features)
         if s[0] > 0:  # collapsed features have no spectrum to draw
-            ax.plot(np.arange(1, len(s) + 1), np.maximum(s / s[0], 1e-12), color=color)
+            ax.plot(
+                np.arange(1, len(s) + 1),
+                np.maximum(s / s[0], 1e-12),
+                color=st["color"],
+                linestyle=st["linestyle"],
+                label=_run_label(a),
+            )
     ax.set_yscale("log")
     ax.set_xlabel("index")
     ax.set_ylabel("s_i / s_1")
