@@ -17,7 +17,6 @@ pgd_logits.png, prototype_geometry.png, rank.png, ood.png; the per-run metrics t
 import gc
 import glob
 import os
-import shlex
 import sys
 
 from absl import app, flags, logging
@@ -167,7 +166,7 @@ def main(argv):
         "gradients (a consistency check).",
         *[f"skipped OOD set {s}" for s in skipped],
     ]
-    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    command = cli.command_line()
     stem = FLAGS.table or os.path.join(FLAGS.outdir, "analysis_metrics")
     tables.write_table(rows, stem, command=command, settings=settings, notes=notes)
     print(f"Wrote {stem}.csv and {stem}.md")

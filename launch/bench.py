@@ -7,8 +7,6 @@ corruptions, and achieved FLOP/s vs the measured matmul peak. All in one process
 Medians over repeats, warm-up excluded. Ratios are reported, never asserted.
 """
 
-import shlex
-import sys
 
 from absl import app, flags, logging
 
@@ -84,7 +82,7 @@ def main(argv):
     )
 
     frame = pd.DataFrame(rows)
-    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    command = cli.command_line()
     settings = {
         "machine": bench.machine_description(),
         "quick": quick,

@@ -16,7 +16,6 @@ table goes to --table (default <output_dir>/calibration).{csv,md}.
 """
 
 import os
-import shlex
 import sys
 
 from absl import app, flags, logging
@@ -77,7 +76,7 @@ def main(argv):
         "val_examples_seen_in_training": results["val_examples_seen_in_training"],
         "n_bins": FLAGS.n_bins,
     }
-    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    command = cli.command_line()
     table = tables.write_table(
         rows,
         FLAGS.table or os.path.join(output_dir, "calibration"),

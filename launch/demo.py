@@ -6,7 +6,6 @@ Writes runs under --workdir (default runs/demo) and the table to tables/demo_dig
 """
 
 import os
-import shlex
 import sys
 
 from absl import app, flags, logging
@@ -63,7 +62,7 @@ def main(argv):
         "schedule": "cosine",
         "seed": 0,
     }
-    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    command = cli.command_line()
     table = tables.write_table(
         rows,
         FLAGS.table,

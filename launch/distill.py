@@ -14,7 +14,6 @@ loss alpha * CE(student, y) + (1 - alpha) * T^2 * KL(softmax(teacher / T) || sof
 
 import json
 import os
-import shlex
 import sys
 
 from absl import app, flags, logging
@@ -64,7 +63,7 @@ def main(argv):
         "augment": config.augment,
         "seeds": list(config.seeds),
     }
-    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    command = cli.command_line()
     table = tables.write_table(
         rows,
         FLAGS.table,

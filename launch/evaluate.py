@@ -10,7 +10,6 @@ Columns are explained in `tempscale_tf/evaluation.py`.
 
 import json
 import os
-import shlex
 import sys
 
 from absl import app, flags, logging
@@ -85,7 +84,7 @@ def main(argv):
         logging.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    row = {**meta, **row, "command": "python " + " ".join(shlex.quote(a) for a in sys.argv)}
+    row = {**meta, **row, "command": cli.command_line()}
     atomic_write_json(os.path.join(folder, "eval.json"), row)
     csv = FLAGS.csv or os.path.join(folder, "eval.csv")
     tables.append_row(csv, row)

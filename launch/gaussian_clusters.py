@@ -10,8 +10,6 @@ at the class means; centres learned with the anchor term; centres learned with C
 is not identifiable, only T rescaled to the class means' spread is).
 """
 
-import shlex
-import sys
 
 from absl import app, flags
 
@@ -55,7 +53,7 @@ def main(argv):
         "anchor_weight": FLAGS.anchor_weight,
         "seed": FLAGS.seed,
     }
-    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    command = cli.command_line()
     table = tables.write_table(
         rows,
         FLAGS.table,

@@ -10,7 +10,6 @@ paper's column order (Clean, -C, PGD-20, C&W), then the gradient-masking diagnos
 """
 
 import os
-import shlex
 import sys
 
 from absl import app, flags, logging
@@ -34,7 +33,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    command = cli.command_line()
     try:
         paths = sweep.run_sweep(
             FLAGS.config,

@@ -16,6 +16,14 @@ from absl import flags
 _OVERRIDES: dict[str, str] = {}
 
 
+def command_line() -> str:
+    """This process's command as a user would type it (recorded in results tables)."""
+    import shlex
+    import sys
+
+    return "python " + " ".join(shlex.quote(a) for a in sys.argv)
+
+
 def quiet_tensorflow() -> None:
     """Silence TensorFlow's C++ and Python info logs (call before importing TensorFlow)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -31,7 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tempscale_tf.losses import temperature_cross_entropy
+from tempscale_tf.losses import reduce_per_example, temperature_cross_entropy
 from tempscale_tf.validation import check_positive_int, check_temperature
 
 __all__ = ["Distiller", "distillation_loss", "distillation_terms", "run_distillation"]
@@ -76,16 +76,6 @@ def distillation_terms(student_logits, teacher_logits, labels, temperature):
     return hard, soft
 
 
-def _reduce(per_example, reduction):
-    if reduction is None or reduction == "none":
-        return per_example
-    if reduction == "mean":
-        return tf.reduce_mean(per_example)
-    if reduction == "sum":
-        return tf.reduce_sum(per_example)
-    raise ValueError(f"reduction must be None, 'none', 'mean' or 'sum', received {reduction!r}")
-
-
 def distillation_loss(
     student_logits, teacher_logits, labels, temperature, alpha, reduction: str | None = None
 ):
@@ -110,7 +100,7 @@ def distillation_loss(
         raise ValueError("`labels` are needed when alpha > 0 (the hard-label term)")
     hard, soft = distillation_terms(student_logits, teacher_logits, labels, temperature)
     per_example = (1.0 - alpha) * soft if hard is None else alpha * hard + (1.0 - alpha) * soft
-    return _reduce(per_example, reduction)
+    return reduce_per_example(per_example, reduction)
 
 
 def _weighted_mean(per_example, sample_weight):

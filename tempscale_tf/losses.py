@@ -87,6 +87,11 @@ def temperature_cross_entropy(
         targets = targets * (1.0 - label_smoothing) + label_smoothing / num_classes
     # softmax_cross_entropy_with_logits subtracts the max: stable for |z / T| up to ~1e37.
     per_example = tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=scaled)
+    return reduce_per_example(per_example, reduction)
+
+
+def reduce_per_example(per_example, reduction):
+    """`per_example` as is (None / "none"), or its "mean" or "sum"."""
     if reduction is None or reduction == "none":
         return per_example
     if reduction == "mean":

@@ -20,8 +20,8 @@ import tensorflow as tf
 
 from tempscale_tf.attacks.pgd import (
     batch_spec,
+    check_attack_inputs,
     check_finite_number,
-    check_images_and_labels,
     compiled_for,
     default_jit_compile,
     logit_margin,
@@ -194,15 +194,7 @@ def carlini_wagner_l2(
     binary_search_steps = check_positive_int(binary_search_steps, "binary_search_steps")
     max_iterations = check_positive_int(max_iterations, "max_iterations")
     learning_rate = check_finite_number(learning_rate, "learning_rate", positive=True)
-    x, y = check_images_and_labels(x, y)
-    if targeted:
-        if target is None:
-            raise ValueError("a targeted attack (`targeted=True`) needs `target` labels")
-        _, labels = check_images_and_labels(x, target, name="target")
-    elif target is not None:
-        raise ValueError("`target` was given but `targeted=False`; pass `targeted=True`")
-    else:
-        labels = y
+    x, y, labels = check_attack_inputs(x, y, targeted, target)
     if jit_compile is None:
         jit_compile = default_jit_compile()
 

@@ -107,6 +107,20 @@ def check_images_and_labels(x, y, name: str = "y"):
     return x, y
 
 
+def check_attack_inputs(x, y, targeted, target):
+    """Validated (x, y, target); `target` is `y` for untargeted attacks."""
+    x, y = check_images_and_labels(x, y)
+    if targeted:
+        if target is None:
+            raise ValueError("a targeted attack (`targeted=True`) needs `target` labels")
+        _, target = check_images_and_labels(x, target, name="target")
+    elif target is not None:
+        raise ValueError("`target` was given but `targeted=False`; pass `targeted=True`")
+    else:
+        target = y
+    return x, y, target
+
+
 def model_logits(model, x) -> tf.Tensor:
     """`model(x)` as float32 logits `[batch, num_classes]` (Keras layers get `training=False`)."""
     if isinstance(model, keras.layers.Layer):
@@ -389,15 +403,7 @@ def pgd(
     norm = check_choice(norm, NORMS, "norm")
     loss = check_choice(loss, LOSSES, "loss")
     temperature = check_temperature(temperature)
-    x, y = check_images_and_labels(x, y)
-    if targeted:
-        if target is None:
-            raise ValueError("a targeted attack (`targeted=True`) needs `target` labels")
-        _, target = check_images_and_labels(x, target, name="target")
-    elif target is not None:
-        raise ValueError("`target` was given but `targeted=False`; pass `targeted=True`")
-    else:
-        target = y
+    x, y, target = check_attack_inputs(x, y, targeted, target)
     if jit_compile is None:
         jit_compile = default_jit_compile()
     if seed is None:
