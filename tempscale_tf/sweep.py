@@ -119,13 +119,13 @@ def assemble_tables(rows, sweep_config, command) -> list[str]:
             "eval_examples": ev.num_examples or "all",
             "attacks": f"L-inf eps={ev.eps:.5g} step={ev.step_size:.5g} steps={ev.steps} "
             f"random_start={ev.random_start}",
-            "cw_l2": f"{ev.cw_l2_examples} examples, eps_l2={ev.cw_l2_eps}, "
-            f"{ev.cw_l2_binary_search_steps}x{ev.cw_l2_max_iterations} iterations",
-            "corruptions": (
-                f"{len([c for c in ev.corruptions.split(',') if c])} corruptions x "
-                f"severities {ev.severities}, "
-                + ("official CIFAR-10-C" if ev.cifar10c_dir else "generated")
+            "cw_l2": (
+                f"{ev.cw_l2_examples} examples, eps_l2={ev.cw_l2_eps}, "
+                f"{ev.cw_l2_binary_search_steps}x{ev.cw_l2_max_iterations} iterations"
+                if ev.cw_l2_examples
+                else "off"
             ),
+            "corruptions": _corruption_setting(ev),
         }
         notes = list(sweep_config.notes) + [
             "Columns: clean, corruption (mean over corruptions and severities), pgd20 (PGD-CE at "
@@ -141,6 +141,14 @@ def assemble_tables(rows, sweep_config, command) -> list[str]:
         per_run.to_csv(stem + "_runs.csv", index=False)
         paths += [stem + ".csv", stem + ".md", stem + "_runs.csv"]
     return paths
+
+
+def _corruption_setting(ev) -> str:
+    names = [c for c in ev.corruptions.split(",") if c]
+    if not names:
+        return "off"
+    source = "official CIFAR-10-C" if ev.cifar10c_dir else "generated"
+    return f"{len(names)} corruptions x severities {ev.severities}, {source}"
 
 
 def run_sweep(sweep_config, root, command="", progress=False, max_cells=None) -> list[str]:
