@@ -54,6 +54,7 @@ flags.DEFINE_list(
 flags.DEFINE_integer("seed", 0, "Seed of the test sample, t-SNE, PGD start and noise OOD set.")
 flags.DEFINE_string("data_dir", "", "Override the runs' data_dir.")
 flags.DEFINE_integer("batch_size", 256, "Inference / attack batch size.")
+flags.DEFINE_multi_string("note", [], "Extra note lines for the tables (repeatable).")
 flags.mark_flags_as_required(["workdirs", "outdir"])
 FLAGS = flags.FLAGS
 
@@ -165,6 +166,7 @@ def main(argv):
         "grad_autodiff_rel_err: max |analytic - autodiff| / max |analytic| of the feature "
         "gradients (a consistency check).",
         *[f"skipped OOD set {s}" for s in skipped],
+        *FLAGS.note,
     ]
     command = cli.command_line()
     stem = FLAGS.table or os.path.join(FLAGS.outdir, "analysis_metrics")
@@ -180,6 +182,7 @@ def main(argv):
         "fpr95: fraction of OOD inputs accepted at the threshold keeping 95% of the "
         "in-distribution inputs.",
         *[f"skipped OOD set {s}" for s in skipped],
+        *FLAGS.note,
     ]
     if ood_rows:
         tables.write_table(

@@ -7,7 +7,6 @@ corruptions, and achieved FLOP/s vs the measured matmul peak. All in one process
 Medians over repeats, warm-up excluded. Ratios are reported, never asserted.
 """
 
-
 from absl import app, flags, logging
 
 from tempscale_tf import cli

@@ -10,7 +10,6 @@ at the class means; centres learned with the anchor term; centres learned with C
 is not identifiable, only T rescaled to the class means' spread is).
 """
 
-
 from absl import app, flags
 
 from tempscale_tf import cli

@@ -196,7 +196,7 @@ def plot_gradient_norms(analyses, theory_temperatures=(0.1, 1, 10, 50, 100)) -> 
     ax.set_xlabel("loss temperature T (fixed logits of each model)")
     ax.set_ylabel("hard share of sum_i ||g_i||")
     ax.set_title("(c) gradient share of the 25% lowest-margin samples (*: training T)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(alpha=0.3)
 
     ax = axes[1, 1]
@@ -293,27 +293,39 @@ def plot_tsne(analyses) -> Figure:
 
 
 def plot_prototype_geometry(analyses) -> Figure:
-    """Per class: mean and variance of the distance and cosine to the class prototype."""
-    fig = new_figure(max(13, 1.2 * len(analyses) + 8), 8)
-    axes = fig.subplots(2, 2)
+    """Per class: mean and variance of the distance and cosine to the class prototype.
+
+    Also the distance relative to the prototype's norm (runs at different T have features of
+    very different scales) and the prototype norms themselves.
+    """
+    fig = new_figure(max(15, 1.5 * len(analyses) + 10), 8)
+    axes = fig.subplots(2, 3)
+    relative = lambda st: st["distance_mean"] / np.maximum(st["prototype_norm"], 1e-12)
+    relative_sd = lambda st: np.sqrt(st["distance_var"]) / np.maximum(st["prototype_norm"], 1e-12)
     panels = (
-        (axes[0, 0], "distance_mean", "mean ||f - prototype||", "distance_var"),
-        (axes[0, 1], "distance_var", "variance of ||f - prototype||", None),
-        (axes[1, 0], "cosine_mean", "mean cos(f, prototype)", "cosine_var"),
-        (axes[1, 1], "cosine_var", "variance of cos(f, prototype)", None),
+        (axes[0, 0], lambda st: st["distance_mean"], "mean ||f - mu_c||", "distance_var"),
+        (axes[0, 1], relative, "mean ||f - mu_c|| / ||mu_c||", relative_sd),
+        (axes[0, 2], lambda st: st["distance_var"], "variance of ||f - mu_c||", None),
+        (axes[1, 0], lambda st: st["cosine_mean"], "mean cos(f, mu_c)", "cosine_var"),
+        (axes[1, 1], lambda st: st["cosine_var"], "variance of cos(f, mu_c)", None),
+        (axes[1, 2], lambda st: st["prototype_norm"], "||mu_c||", None),
     )
     n = max(len(analyses), 1)
     width = 0.8 / n
     style = _Styles(a.key for a in analyses)
-    for ax, key, ylabel, err in panels:
+    for ax, value, ylabel, err in panels:
         for i, a in enumerate(analyses):
             st = style(a.key)
             stats = a.prototype_stats
-            classes = np.arange(len(stats[key]))
-            yerr = np.sqrt(stats[err]) if err else None
+            heights = value(stats)
+            classes = np.arange(len(heights))
+            if err is None:
+                yerr = None
+            else:
+                yerr = np.sqrt(stats[err]) if isinstance(err, str) else err(stats)
             ax.bar(
                 classes + (i - (n - 1) / 2) * width,
-                stats[key],
+                heights,
                 width,
                 yerr=yerr,
                 color=st["color"],
@@ -327,8 +339,17 @@ def plot_prototype_geometry(analyses) -> Figure:
         ax.set_ylabel(ylabel)
         ax.set_xticks(classes)
         ax.grid(alpha=0.3, axis="y")
-    axes[0, 0].set_title("distance to prototype (bars: mean, whiskers: std)")
-    axes[1, 0].set_title("cosine similarity to prototype (bars: mean, whiskers: std)")
+    means = [
+        np.nanmin(a.prototype_stats["cosine_mean"] - np.sqrt(a.prototype_stats["cosine_var"]))
+        for a in analyses
+        if not _collapsed(a)
+    ]
+    if means:  # zoom on the informative range of the cosine means
+        axes[1, 0].set_ylim(max(0.0, min(means) - 0.02), 1.005)
+    axes[0, 0].set_title("distance to the prototype mu_c (whiskers: std)")
+    axes[0, 1].set_title("relative distance (whiskers: std / ||mu_c||)")
+    axes[1, 0].set_title("cosine similarity to the prototype (whiskers: std)")
+    axes[1, 2].set_title("prototype norms (feature scale)")
     axes[0, 0].legend(fontsize=7)
     return fig
 
@@ -462,7 +483,7 @@ def plot_rank(analyses, representatives=None) -> Figure:
     ax.set_xlabel("k principal directions kept")
     ax.set_ylabel("accuracy (model's own head)")
     ax.set_title("(c) accuracy after projecting features on the top-k PCs (dot: within 1 pt)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center right")
     ax.grid(alpha=0.3)
     ax = axes[1, 1]
     from tempscale_tf.analysis.rank import singular_values
@@ -509,7 +530,12 @@ def plot_ood(analyses) -> Figure:
                 ax.bar(x + (i - 1) * width, values, width, color=color, label=score)
             ax.set_xticks(x)
             ax.set_xticklabels(
-                [_run_label(a).replace(", ", "\n") for a in analyses], fontsize=7, rotation=90
+                [
+                    _run_label(a).replace(", ", "\n") + f"\nacc {a.metrics['accuracy']:.2f}"
+                    for a in analyses
+                ],
+                fontsize=7,
+                rotation=90,
             )
             ax.set_ylim(0, 1.02)
             ax.set_ylabel("AUROC" if metric == "auroc" else "FPR at 95% TPR")

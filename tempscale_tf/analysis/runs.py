@@ -81,7 +81,8 @@ def analyze_run(
       eps, pgd_steps, pgd_step_size, pgd_loss: L-inf PGD at the training temperature
         (`eps=0` skips the attack). step size default eps / 4.
       tsne_examples: examples embedded by t-SNE (0 skips it).
-      sweep_temperatures: loss temperatures of the fixed-logits gradient sweep.
+      sweep_temperatures: loss temperatures of the fixed-logits gradient sweep (the training
+        temperature is added).
       ood_set_names: OOD sets (default `ood.default_ood_sets(dataset)`); sets whose files are
         missing are skipped and logged.
       data_dir: overrides the run's `data_dir`.
@@ -110,6 +111,7 @@ def analyze_run(
         np.max(np.abs(autodiff - feat_grads)) / max(np.max(np.abs(feat_grads)), 1e-30)
     )
     grad_stats = gradients.gradient_statistics(logits, labels, t, kernel, quantile)
+    sweep_temperatures = sorted({float(x) for x in sweep_temperatures} | {t})
     sweep = gradients.temperature_sweep(logits, labels, sweep_temperatures, quantile)
 
     # Geometry around the class prototypes (class means of this evaluation set).

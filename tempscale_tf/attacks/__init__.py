@@ -27,3 +27,25 @@ __all__ = [
     "targeted_top_k",
     "worst_case",
 ]
+
+# AutoAttack (Croce & Hein, 2020): APGD, FAB, Square Attack and the ensemble.
+from tempscale_tf.attacks.apgd import apgd, apgd_checkpoints, apgd_targeted  # noqa: E402
+from tempscale_tf.attacks.autoattack import (  # noqa: E402
+    AutoAttackResult,
+    autoattack,
+    autoattack_attacks,
+)
+from tempscale_tf.attacks.fab import FABResult, fab  # noqa: E402
+from tempscale_tf.attacks.square import square_attack  # noqa: E402
+
+__all__ += [
+    "AutoAttackResult",
+    "FABResult",
+    "apgd",
+    "apgd_checkpoints",
+    "apgd_targeted",
+    "autoattack",
+    "autoattack_attacks",
+    "fab",
+    "square_attack",
+]
