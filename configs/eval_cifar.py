@@ -17,4 +17,6 @@ def get_config(arg=None):
         c.cw_l2_examples = 20
         c.cw_l2_binary_search_steps = 3
         c.cw_l2_max_iterations = 30
+        c.autoattack_steps = 20
+        c.autoattack_queries = 200
     return c

@@ -37,5 +37,6 @@ def get_config(arg=None):
         c.eval.corruptions, c.eval.severities = "gaussian_noise", "1,5"
         c.eval.cw_l2_examples, c.eval.cw_l2_binary_search_steps = 4, 1
         c.eval.cw_l2_max_iterations, c.eval.steps = 5, 3
+        c.eval.autoattack_steps, c.eval.autoattack_queries = 5, 50
         c.temperatures, c.seeds = [1.0, 30.0], [0, 1]
     return c

@@ -54,8 +54,11 @@ def run_cell(config, eval_config, workdir, progress=False) -> dict:
     settings = _eval_settings(eval_config)
     if os.path.exists(eval_path):
         row = read_json(eval_path)
-        if row.get("eval_settings") == settings:
+        old = row.get("eval_settings") or {}
+        if old == settings:
             return row
+        if _only_autoattack_changed(old, settings):
+            return _refresh_autoattack(row, config, eval_config, workdir, settings, progress)
         logging.info("%s: evaluation settings changed, re-evaluating", workdir)
     if os.path.exists(os.path.join(workdir, "metrics.json")):
         training.check_resume_config(workdir, config)  # a finished cell must match the grid
@@ -76,6 +79,36 @@ def run_cell(config, eval_config, workdir, progress=False) -> dict:
     row["train/loss"] = train_metrics.get("train/loss")
     row["eval_settings"] = settings
     atomic_write_json(eval_path, row)
+    return row
+
+
+def _only_autoattack_changed(old, new) -> bool:
+    keys = set(old) | set(new)
+    return all(
+        old.get(k) == new.get(k)
+        for k in keys
+        if k not in evaluation.AUTOATTACK_SETTINGS + ("jit_compile",)
+    )
+
+
+def _refresh_autoattack(row, config, eval_config, workdir, settings, progress):
+    """Add (or redo) only the AutoAttack columns of an evaluated cell."""
+    logging.info("%s: adding the AutoAttack columns", workdir)
+    model, _ = training.load_run(workdir)
+    images, labels = evaluation._subset_arrays(
+        config.dataset, eval_config.split, config.data_dir or None, eval_config.num_examples
+    )
+    if "worst_case_pgd" not in row:  # rows from before AutoAttack: their worst case was PGD-only
+        row["worst_case_pgd"] = row["worst_case"]
+    row.update(
+        evaluation.autoattack_columns(
+            model, images, labels, config.temperature, eval_config, row, progress
+        )
+    )
+    for key in evaluation.AUTOATTACK_SETTINGS:
+        row[f"eval/{key}"] = eval_config[key]
+    row["eval_settings"] = settings
+    atomic_write_json(os.path.join(workdir, "eval.json"), row)
     return row
 
 
@@ -130,8 +163,9 @@ def assemble_tables(rows, sweep_config, command) -> list[str]:
         notes = list(sweep_config.notes) + [
             "Columns: clean, corruption (mean over corruptions and severities), pgd20 (PGD-CE at "
             "the training T), cw (PGD on the C&W margin, L-inf), then diagnostics: pgd20_ce_t1 "
-            "(CE at T=1), pgd20_margin, pgd20_targeted_top3, pgd20_dlr, worst_case (robust to "
-            "every attack), masking_gap = pgd20 - worst_case, cw_l2 (robust accuracy at the L2 "
+            "(CE at T=1), pgd20_margin, pgd20_targeted_top3, pgd20_dlr, worst_case_pgd (robust to "
+            "all of those), autoattack (APGD-CE, APGD-T, FAB-T, Square), worst_case (robust to "
+            "every attack, PGD and AutoAttack), masking_gap = pgd20 - worst_case, cw_l2 (robust accuracy at the L2 "
             "radius), cw_l2_median_distance. Values: mean ± std over seeds (n = seeds).",
         ]
         tables.write_table(

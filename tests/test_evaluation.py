@@ -1,5 +1,6 @@
 """Evaluation columns, gradient-masking diagnostics, the sweep and the evaluate script."""
 
+import json
 import os
 import pathlib
 import subprocess
@@ -21,6 +22,7 @@ def quick_eval(**overrides):
     c.corruptions, c.severities = "gaussian_noise,contrast", "1,5"
     c.cw_l2_examples, c.cw_l2_binary_search_steps, c.cw_l2_max_iterations = 20, 3, 30
     c.random_start = False
+    c.autoattack_steps, c.autoattack_queries = 10, 100
     for k, v in overrides.items():
         c[k] = v
     return c
@@ -50,6 +52,8 @@ def test_columns_are_consistent(linear_digits_model):
     assert row["clean"] > 0.85
     attacks = ("pgd20", "cw", "pgd20_margin", "pgd20_targeted_top3", "pgd20_dlr")
     assert row["worst_case"] <= min(row[a] for a in attacks) + 1e-12
+    assert row["worst_case"] <= min(row["autoattack"], row["worst_case_pgd"]) + 1e-12
+    assert row["autoattack"] <= row["clean"]
     assert all(row[a] <= row["clean"] for a in attacks)
     # Corruption accuracy is the mean of the per-corruption means of the per-severity numbers.
     per = [row[f"corruption/{n}"] for n in ("gaussian_noise", "contrast")]
@@ -100,6 +104,14 @@ def test_tiny_sweep_writes_table_and_resumes(tmp_path):
     stamps = {p: p.stat().st_mtime for p in (tmp_path / "runs").rglob("eval.json")}
     sweep.run_sweep(config, str(tmp_path / "runs"), command="pytest")  # resumes: nothing to do
     assert stamps == {p: p.stat().st_mtime for p in (tmp_path / "runs").rglob("eval.json")}
+    # Changing only the AutoAttack settings recomputes only those columns, not the cell.
+    config.eval.autoattack_queries = 60
+    rows_before = {p: json.loads(p.read_text()) for p in (tmp_path / "runs").rglob("eval.json")}
+    sweep.run_sweep(config, str(tmp_path / "runs"), command="pytest")
+    for path, before in rows_before.items():
+        after = json.loads(path.read_text())
+        assert after["eval/autoattack_queries"] == 60 and after["clean"] == before["clean"]
+        assert after["corruption"] == before["corruption"]
     config.temperatures = [0.0]
     with pytest.raises(ValueError, match="temperature"):
         sweep.run_sweep(config, str(tmp_path / "runs"))
