@@ -28,6 +28,23 @@ def make_strategy(kind: str = "auto") -> tf.distribute.Strategy:
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+    return mirrored(devices)
+
+
+def mirrored(devices) -> tf.distribute.MirroredStrategy:
+    """`MirroredStrategy` over `devices`; CPU-only replicas reduce through one device.
+
+    On GPUs the default cross-device ops (NCCL / collectives) are kept. On CPU-only device lists
+    the gradients are summed with `ReductionToOneDevice` instead of collective ops: every new
+    collective `MirroredStrategy` in a process restarts its collective group and instance keys,
+    so a second one over the same devices (a sweep, a test session) can collide with the first
+    ("Shape mismatch in the collective instance 100") and abort all later collectives.
+    """
+    devices = list(devices)
+    if all("GPU" not in tf.DeviceSpec.from_string(d).device_type.upper() for d in devices):
+        return tf.distribute.MirroredStrategy(
+            devices=devices, cross_device_ops=tf.distribute.ReductionToOneDevice(devices[0])
+        )
     return tf.distribute.MirroredStrategy(devices=devices)
 
 

@@ -469,6 +469,28 @@ def _eta(seconds):
     return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+def _set_op_determinism(config):
+    """Make TensorFlow's process-wide op determinism follow `config.deterministic`.
+
+    XLA-compiled steps are left out: TF's determinism switch rejects XLA's max-pool gradient
+    ("do not yet have a deterministic XLA implementation"), and XLA's CPU kernels are already
+    run-to-run deterministic; on GPU, XLA reductions may not be, which the log says.
+    """
+    from tensorflow.python.framework import config as tf_config  # no public "disable"
+
+    jit = distribute.resolve_jit_compile(config.jit_compile)
+    want = bool(config.deterministic) and not jit
+    if config.deterministic and jit:
+        logging.warning(
+            "deterministic=True is not applied to the XLA-compiled step (jit_compile=True); "
+            "XLA on GPU may reorder reductions between runs."
+        )
+    if want:
+        tf.config.experimental.enable_op_determinism()
+    elif tf_config.is_op_determinism_enabled():
+        tf_config.disable_op_determinism()
+
+
 def train(config, workdir, strategy=None, progress: bool = True, max_steps=None) -> dict:
     """Train (or resume) a run in `workdir` and return its final metrics.
 
@@ -493,8 +515,7 @@ def train(config, workdir, strategy=None, progress: bool = True, max_steps=None)
     check_resume_config(workdir, config)
     if chief:
         atomic_write_json(os.path.join(workdir, "config.json"), _config_dict(config))
-    if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
+    _set_op_determinism(config)
 
     data_dir = _data_dir(config)
     info = data_lib.info(config.dataset, data_dir)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tempscale_tf import distribute
 from tempscale_tf.attacks import (
     carlini_wagner_l2,
     cw_linf,
@@ -392,7 +393,7 @@ def test_robust_accuracy_dataset_with_mirrored_strategy():
     devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
     if len(devices) < 2:
         pytest.skip("needs the 2 logical CPU devices that conftest.py creates")
-    strategy = tf.distribute.MirroredStrategy(devices)
+    strategy = distribute.mirrored(devices)
     with strategy.scope():
         keras.utils.set_random_seed(1)
         model = keras.Sequential(

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tempscale_tf import distribute
 from tempscale_tf.attacks import (
     apgd,
     apgd_checkpoints,
@@ -363,7 +364,7 @@ def test_autoattack_batches_strategy_and_versions(conv):
     assert np.sum(whole.robust.numpy() != batched.robust.numpy()) <= 2
     devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
     if len(devices) == 2:
-        strategy = tf.distribute.MirroredStrategy(devices)
+        strategy = distribute.mirrored(devices)
         mirrored = autoattack(model, x, y, 0.02, strategy=strategy, **kwargs)
         assert np.sum(whole.robust.numpy() != mirrored.robust.numpy()) <= 2
     # "rand": APGD-CE and APGD-DLR with EOT, here on a model with random input noise.

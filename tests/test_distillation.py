@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tempscale_tf import distribute
 from tempscale_tf.distillation import Distiller, distillation_loss, distillation_terms
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -188,7 +189,7 @@ def test_distiller_two_replicas_match_one_device():
     x, y = _blobs(64)
     weights = {}
     for name, devices in [("one", ["/cpu:0"]), ("two", ["/cpu:0", "/cpu:1"])]:
-        strategy = tf.distribute.MirroredStrategy(devices)
+        strategy = distribute.mirrored(devices)
         with strategy.scope():
             teacher, student = _mlp(16, 0, False), _mlp(4, 1, False)
             distiller = Distiller(student, teacher, temperature=3.0, alpha=0.5)

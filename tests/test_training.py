@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tempscale_tf import training
+from tempscale_tf import distribute, training
 from tempscale_tf.export import load_saved_model
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -38,8 +38,8 @@ def _weights(workdir):
 
 
 def test_two_replicas_match_one_device(tmp_path):
-    one = tf.distribute.MirroredStrategy(["/cpu:0"])
-    two = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    one = distribute.mirrored(["/cpu:0"])
+    two = distribute.mirrored(["/cpu:0", "/cpu:1"])
     assert two.num_replicas_in_sync == 2
     training.train(tiny_config(), tmp_path / "one", strategy=one, progress=False)
     training.train(tiny_config(), tmp_path / "two", strategy=two, progress=False)
