@@ -3,6 +3,7 @@ r"""Analyse trained runs: gradient, geometry, rank, PGD-logit and OOD figures pl
   python launch/analyze.py --workdirs='runs/analysis/*' --outdir=tables/figures \
       --table=tables/analysis_digits
   python launch/analyze.py --workdirs=runs/d_t1,runs/d_t50 --outdir=runs/figs --subsample=200
+  python launch/analyze.py --workdirs='runs/analysis/*' --outdir=runs/figs --figures=tsne,rank
 
 Each run is loaded from its workdir (`training.load_run`: config.json + latest checkpoint) and
 analysed on its test split; nothing is retrained. The convergence figure reads the runs'
@@ -55,6 +56,11 @@ flags.DEFINE_integer("seed", 0, "Seed of the test sample, t-SNE, PGD start and n
 flags.DEFINE_string("data_dir", "", "Override the runs' data_dir.")
 flags.DEFINE_integer("batch_size", 256, "Inference / attack batch size.")
 flags.DEFINE_multi_string("note", [], "Extra note lines for the tables (repeatable).")
+flags.DEFINE_list(
+    "figures",
+    list(plots.FIGURES),
+    f"Figures to draw (default all): {', '.join(plots.FIGURES)}. The tables are always written.",
+)
 flags.mark_flags_as_required(["workdirs", "outdir"])
 FLAGS = flags.FLAGS
 
@@ -77,6 +83,9 @@ def expand_workdirs(entries):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    unknown = sorted(set(FLAGS.figures) - set(plots.FIGURES))
+    if unknown:
+        raise app.UsageError(f"Unknown --figures {unknown}; choose from {', '.join(plots.FIGURES)}")
     workdirs = expand_workdirs(FLAGS.workdirs)
     if not workdirs:
         print(f"error: no training workdirs in {FLAGS.workdirs}", file=sys.stderr)
@@ -107,7 +116,7 @@ def main(argv):
         keras.backend.clear_session()
         gc.collect()
     shown = runs.representatives(analyses)
-    if FLAGS.tsne_examples:
+    if FLAGS.tsne_examples and "tsne" in FLAGS.figures:
         for a in shown:
             logging.info("t-SNE of %s", a.workdir)
             try:
@@ -116,18 +125,18 @@ def main(argv):
                 logging.warning("no t-SNE for %s: %s", a.workdir, e)
                 a.tsne = str(e)
 
-    figures = {
-        "gradient_norms": plots.plot_gradient_norms(shown),
-        "prototype_direction": plots.plot_direction_cosines(analyses, shown),
-        "tsne": plots.plot_tsne(shown),
-        "convergence": plots.plot_convergence(history.convergence_curves(workdirs)),
-        "pgd_logits": plots.plot_pgd_logits(shown),
-        "prototype_geometry": plots.plot_prototype_geometry(shown),
-        "rank": plots.plot_rank(analyses, shown),
-        "ood": plots.plot_ood(shown),
+    draw = {
+        "gradient_norms": lambda: plots.plot_gradient_norms(shown),
+        "prototype_direction": lambda: plots.plot_direction_cosines(analyses, shown),
+        "tsne": lambda: plots.plot_tsne(shown),
+        "convergence": lambda: plots.plot_convergence(history.convergence_curves(workdirs)),
+        "pgd_logits": lambda: plots.plot_pgd_logits(shown),
+        "prototype_geometry": lambda: plots.plot_prototype_geometry(shown),
+        "rank": lambda: plots.plot_rank(analyses, shown),
+        "ood": lambda: plots.plot_ood(shown),
     }
-    for name, fig in figures.items():
-        path = plots.save_figure(fig, os.path.join(FLAGS.outdir, f"{name}.png"))
+    for name in dict.fromkeys(FLAGS.figures):
+        path = plots.save_figure(draw[name](), os.path.join(FLAGS.outdir, f"{name}.png"))
         print(f"Wrote {path}")
 
     ordered = sorted(analyses, key=lambda a: (a.key, a.seed))

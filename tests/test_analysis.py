@@ -385,3 +385,18 @@ def test_analyze_script_end_to_end(tmp_path):
     md = (tmp_path / "table.md").read_text()
     assert "launch/analyze.py" in md and "T divides the logits" in md
     assert not math.isnan(frame["proto_cos_mean"].iloc[0])
+
+    # One figure at a time (the README's per-figure commands), and a clear error for a typo.
+    one = tmp_path / "one"
+    base = [sys.executable, "launch/analyze.py", f"--workdirs={tmp_path / 'runs' / 't1'}"]
+    base += [f"--outdir={one}", "--subsample=32", "--pgd_steps=1"]
+    result = subprocess.run(
+        [*base, "--figures=rank"], cwd=REPO, env=env, capture_output=True, text=True, timeout=400
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in one.glob("*.png")) == ["rank.png"]
+    _check_png(one / "rank.png")
+    result = subprocess.run(
+        [*base, "--figures=rank,tsnee"], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert result.returncode != 0 and "Unknown --figures ['tsnee']" in result.stderr
