@@ -21,6 +21,13 @@ flags.DEFINE_integer("attack_batch", 128, "Images per attack benchmark.")
 flags.DEFINE_string(
     "data_dir", "../shared/data", "For the CIFAR-10 input pipeline (skipped if " "absent)."
 )
+flags.DEFINE_string(
+    "attack_workdir",
+    "",
+    "A trained run to attack in the PGD / robust-evaluation benchmarks (default: a ResNet-20 "
+    "with random weights on random images).",
+)
+flags.DEFINE_integer("autoattack_examples", 128, "Digits test images for the AutoAttack timing.")
 FLAGS = flags.FLAGS
 
 
@@ -59,7 +66,9 @@ def main(argv):
 
     from tempscale_tf import data, training
 
-    if not quick and os.path.exists(os.path.join(FLAGS.attack_workdir, "metrics.json")):
+    if not quick and FLAGS.attack_workdir:
+        if not os.path.exists(os.path.join(FLAGS.attack_workdir, "metrics.json")):
+            raise app.UsageError(f"--attack_workdir={FLAGS.attack_workdir} is not a finished run")
         model, run_config = training.load_run(FLAGS.attack_workdir)
         x, y = next(iter(data.load(run_config.dataset, "test", run_config.data_dir, n)))
         attack_model = f"trained run {FLAGS.attack_workdir} on {n} test images"
@@ -75,6 +84,18 @@ def main(argv):
     rows += bench.bench_robust_eval(model, x, y, steps=3 if quick else 20)
     logging.info("C&W-L2")
     rows += bench.bench_cw_l2(model, x[:8], y[:8], 1 if quick else 3, 5 if quick else 50)
+    logging.info("AutoAttack: ours vs ART")
+    digits_model = bench.digits_attack_model(epochs=1 if quick else 5)
+    x_test, y_test = data.load_arrays("digits", "test")
+    k = 16 if quick else FLAGS.autoattack_examples
+    rows += bench.bench_autoattack(
+        digits_model,
+        x_test[:k],
+        y_test[:k],
+        eps=0.1,
+        steps=5 if quick else 100,
+        queries=20 if quick else 1000,
+    )
     logging.info("corruptions")
     rows += bench.bench_corruptions(
         32 if quick else 256, ["gaussian_noise", "fog"] if quick else None
@@ -103,6 +124,16 @@ def _ratios(frame):
         return float(sel["value"].iloc[-1]) if len(sel) else float("nan")
 
     notes = []
+    aa = frame[frame.benchmark == "autoattack"]
+    if "art" in set(aa.variant):
+        notes.append(
+            f"AutoAttack (APGD-CE, APGD-DLR, Square) on {int(aa['batch_size'].iloc[0])} digits "
+            f"images, a small CNN, eps={aa['eps'].iloc[0]:g}: ours "
+            f"{value('autoattack', 'ours'):.1f} s vs ART {value('autoattack', 'art'):.1f} s "
+            f"({value('autoattack', 'speedup_ours_vs_art'):.1f}x), robust accuracy "
+            f"{float(aa[aa.variant == 'ours']['robust_accuracy'].iloc[0]):.3f} vs "
+            f"{float(aa[aa.variant == 'art']['robust_accuracy'].iloc[0]):.3f}"
+        )
     ours = value("pgd20", "ours_jit=False")
     theirs = value("pgd20", "cleverhans")
     notes.append(f"PGD-20 ours / cleverhans throughput: {ours / theirs:.2f}x")

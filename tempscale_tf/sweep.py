@@ -165,8 +165,9 @@ def assemble_tables(rows, sweep_config, command) -> list[str]:
             "the training T), cw (PGD on the C&W margin, L-inf), then diagnostics: pgd20_ce_t1 "
             "(CE at T=1), pgd20_margin, pgd20_targeted_top3, pgd20_dlr, worst_case_pgd (robust to "
             "all of those), autoattack (APGD-CE, APGD-T, FAB-T, Square), worst_case (robust to "
-            "every attack, PGD and AutoAttack), masking_gap = pgd20 - worst_case, cw_l2 (robust accuracy at the L2 "
-            "radius), cw_l2_median_distance. Values: mean ± std over seeds (n = seeds).",
+            "every attack, PGD and AutoAttack), masking_gap = pgd20 - worst_case, cw_l2 (robust "
+            "accuracy at the L2 radius), cw_l2_median_distance. "
+            "Values: mean ± std over seeds (n = seeds).",
         ]
         tables.write_table(
             summary.to_dict("records"), stem, command=command, settings=settings, notes=notes

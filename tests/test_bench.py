@@ -31,7 +31,11 @@ def test_bench_quick_writes_table(tmp_path):
         "robust_eval",
         "cw_l2",
         "corruption",
+        "autoattack",
     } <= set(frame["benchmark"])
+    aa = frame[frame.benchmark == "autoattack"].set_index("variant")
+    assert {"ours", "art", "speedup_ours_vs_art"} <= set(aa.index)  # ART is a test extra
+    assert aa.loc[["ours", "art"], "robust_accuracy"].between(0, 1).all()
     assert all(math.isfinite(v) and v > 0 for v in frame["value"])
     assert set(frame[frame.benchmark == "train_step"]["variant"]) == {
         "ours_jit=False",
@@ -39,4 +43,4 @@ def test_bench_quick_writes_table(tmp_path):
         "keras_fit_stock_loss",
     }
     text = out.with_suffix(".md").read_text()
-    assert "--quick" in text and "CPU cores" in text and "cleverhans" in text
+    assert "--quick" in text and "CPU cores" in text and "cleverhans" in text and "vs ART" in text
