@@ -156,6 +156,20 @@ def cw_l2_accuracy(
     return {"cw_l2": float(robust.mean()), "cw_l2_median_distance": float(np.median(distances))}
 
 
+def pgd_attacks(temperature, config):
+    """The PGD ensemble of the evaluation (`attacks.default_attacks` with `config`'s settings)."""
+    return attacks_lib.default_attacks(
+        config.eps,
+        temperature,
+        config.steps,
+        step_size=config.step_size,
+        random_start=config.random_start,
+        num_targets=config.num_targets,
+        seed=config.seed,
+        jit_compile=config.jit_compile,
+    )
+
+
 def autoattack_columns(model, images, labels, temperature, config, row, progress=True) -> dict:
     """`autoattack`, `autoattack/<attack>`, `worst_case` and `masking_gap` for one model.
 
@@ -190,16 +204,7 @@ def autoattack_columns(model, images, labels, temperature, config, row, progress
         robust = np.asarray(result.robust, bool)
         survivors = int(robust.sum())
         if survivors:
-            pgd_list = attacks_lib.default_attacks(
-                config.eps,
-                temperature,
-                config.steps,
-                step_size=config.step_size,
-                random_start=config.random_start,
-                num_targets=config.num_targets,
-                seed=config.seed,
-                jit_compile=config.jit_compile,
-            )
+            pgd_list = pgd_attacks(temperature, config)
             both = attacks_lib.worst_case(model, images[robust], labels[robust], pgd_list)
             survivors = int(np.sum(both.robust))
         out["worst_case"] = survivors / max(len(labels), 1)
@@ -245,16 +250,7 @@ def evaluate_model(model, temperature, dataset, config=None, data_dir=None, prog
         )
         logging.info("corruption accuracy %.4f", row["corruption"])
 
-    attack_list = attacks_lib.default_attacks(
-        config.eps,
-        temperature,
-        config.steps,
-        step_size=config.step_size,
-        random_start=config.random_start,
-        num_targets=config.num_targets,
-        seed=config.seed,
-        jit_compile=config.jit_compile,
-    )
+    attack_list = pgd_attacks(temperature, config)
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(config.batch_size)
