@@ -57,6 +57,21 @@ def time_call(fn, repeats=5, warmup=1) -> float:
     return statistics.median(times)
 
 
+def time_interleaved(fns: dict, repeats=5, warmup=1) -> dict:
+    """Median wall time of each `fns[name]()`, timed in turns (A, B, A, B, ...) so that a slow
+    drift of the machine (another process, clocks) affects every variant alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            _block(fn())
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            _block(fn())
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def _block(result):
     for t in tf.nest.flatten(result):
         if hasattr(t, "numpy"):
@@ -250,8 +265,7 @@ def bench_pgd(model, x, y, eps=8 / 255, step=2 / 255, steps=20, repeats=3):
         variants["ours_jit=True"] = lambda: attacks.pgd(
             model, x, y, eps, step, steps, jit_compile=True, seed=0
         )
-    for name, fn in variants.items():
-        seconds = time_call(fn, repeats=repeats)
+    for name, seconds in time_interleaved(variants, repeats=repeats).items():
         rows.append(_row("pgd20", name, n * steps / seconds, "images*steps/s", batch_size=n))
     return rows
 
@@ -283,10 +297,16 @@ def bench_robust_eval(model, x, y, eps=8 / 255, step=2 / 255, steps=20, repeats=
         result[key] = attacks.worst_case(model, x, y, ours_list(names))
         return result[key].adv
 
-    ch_seconds = time_call(theirs, repeats=repeats)
+    seconds = time_interleaved(
+        {
+            "cleverhans": theirs,
+            "one": lambda: ours(("pgd_ce_t1",), "one"),
+            "two": lambda: ours(("pgd_ce_t1", "pgd_margin"), "two"),
+        },
+        repeats=repeats,
+    )
+    ch_seconds, one_seconds, two_seconds = seconds["cleverhans"], seconds["one"], seconds["two"]
     ch_acc = float(np.mean(np.argmax(model(adv["cleverhans"]), -1) == y_np))
-    one_seconds = time_call(lambda: ours(("pgd_ce_t1",), "one"), repeats=repeats)
-    two_seconds = time_call(lambda: ours(("pgd_ce_t1", "pgd_margin"), "two"), repeats=repeats)
     n = int(x.shape[0])
     return [
         _row(
@@ -366,7 +386,7 @@ def bench_corruptions(num_images=256, names=None):
 # ------------------------------------------------------------------------------ AutoAttack
 
 
-def digits_attack_model(epochs=5, width=8, seed=0):
+def digits_attack_model(epochs=20, width=16, seed=0):
     """A small CNN fit on the embedded digits data (seconds on a CPU), for attack benchmarks
     that need a model with an informative robust accuracy (neither 0 nor 1)."""
     keras.utils.set_random_seed(seed)
