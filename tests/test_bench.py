@@ -33,7 +33,9 @@ def test_bench_quick_writes_table(tmp_path):
         "corruption",
         "autoattack",
     } <= set(frame["benchmark"])
-    aa = frame[frame.benchmark == "autoattack"].set_index("variant")
+    aa = frame[frame.benchmark == "autoattack"]
+    assert sorted(aa["model"].unique()) == ["linear", "small_cnn"]
+    aa = aa.set_index("variant")
     assert {"ours", "art", "speedup_ours_vs_art"} <= set(aa.index)  # ART is a test extra
     assert aa.loc[["ours", "art"], "robust_accuracy"].between(0, 1).all()
     assert all(math.isfinite(v) and v > 0 for v in frame["value"])

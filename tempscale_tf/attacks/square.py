@@ -13,6 +13,7 @@ Images must be `[batch, height, width, channels]` (channels last, as Keras).
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 from tempscale_tf.attacks.apgd import (
@@ -239,13 +240,26 @@ def _build_square(model, item_shape, norm, loss, jit_compile):
         margin, objective, fooled = evaluate(x_best, y)
         return dict(x=x, y=y, index=index, x_best=x_best, loss=objective, fooled=fooled)
 
+    # The per-query element-wise work runs on images flattened to [batch, h * w * c]: on CPU,
+    # TensorFlow's 4-D broadcasting select / multiply measured 4-7x slower than the same op on
+    # 2-D [batch, n] operands, and this loop is otherwise bound by them for small models.
+    size = height * width * channels
+    flat = lambda v: tf.reshape(v, [-1, size])
+    pixel_index = np.arange(size, dtype=np.int32)[None, :]
+
     def linf_proposal(s, u, signs, side, eps):
-        x, x_best = s["x"], s["x_best"]
-        top = _random_corner(u[:, 0], side, height)
-        left = _random_corner(u[:, 1], side, width)
-        mask = _window_mask(top, left, side, height, width)
-        vertex = tf.clip_by_value(x_best + 2.0 * eps * signs, x - eps, x + eps)
-        return tf.where(mask, tf.clip_by_value(vertex, 0.0, 1.0), x_best)
+        pixel_row = tf.constant(pixel_index // (width * channels))
+        pixel_col = tf.constant((pixel_index // channels) % width)
+        top = _random_corner(u[:, 0], side, height)[:, None]
+        left = _random_corner(u[:, 1], side, width)[:, None]
+        in_rows = tf.logical_and(pixel_row >= top, pixel_row < top + side)
+        in_cols = tf.logical_and(pixel_col >= left, pixel_col < left + side)
+        # The window moves to a vertex of the eps-ball: clip(x_best + 2 eps s, x - eps, x + eps)
+        # is x + eps s for any x_best inside the ball, so it is computed from x directly.
+        sign_per_value = tf.tile(tf.reshape(signs, [-1, channels]), [1, height * width])
+        vertex = tf.clip_by_value(flat(s["x"]) + eps * sign_per_value, 0.0, 1.0)
+        new = tf.where(tf.logical_and(in_rows, in_cols), vertex, flat(s["x_best"]))
+        return tf.reshape(new, tf.shape(s["x"]))
 
     def l2_proposal(s, u, signs, side, eps):
         x, x_best = s["x"], s["x_best"]
@@ -288,7 +302,9 @@ def _build_square(model, item_shape, norm, loss, jit_compile):
             running = tf.logical_not(s["fooled"])
             accept = tf.logical_and(running, tf.logical_or(objective < s["loss"], fooled))
             s = dict(s)
-            s["x_best"] = tf.where(per_example(accept, 4), x_new, s["x_best"])
+            s["x_best"] = tf.reshape(
+                tf.where(accept[:, None], flat(x_new), flat(s["x_best"])), tf.shape(x_new)
+            )
             s["loss"] = tf.where(accept, objective, s["loss"])
             s["fooled"] = tf.logical_or(s["fooled"], tf.logical_and(running, fooled))
             return i + 1, s
