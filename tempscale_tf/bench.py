@@ -386,35 +386,34 @@ def bench_corruptions(num_images=256, names=None):
 # ------------------------------------------------------------------------------ AutoAttack
 
 
-def digits_attack_model(epochs=20, width=16, seed=0):
-    """A small CNN fit on the embedded digits data (seconds on a CPU), for attack benchmarks
-    that need a model with an informative robust accuracy (neither 0 nor 1)."""
+def _fit_on_digits(build, epochs, seed):
+    """`build(image_shape)`, seeded, fit on the digits train split with SGD."""
     keras.utils.set_random_seed(seed)
     x, y = data.load_arrays("digits", "train")
-    model = models.build_model("small_cnn", 10, x.shape[1:], width=width)
+    model = build(x.shape[1:])
     model.compile(
         optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     model.fit(x, y, batch_size=64, epochs=epochs, verbose=0)
     return model
+
+
+def digits_attack_model(epochs=20, width=16, seed=0):
+    """A small CNN fit on the embedded digits data (seconds on a CPU), for attack benchmarks
+    that need a model with an informative robust accuracy (neither 0 nor 1)."""
+    build = lambda shape: models.build_model("small_cnn", 10, shape, width=width)
+    return _fit_on_digits(build, epochs, seed)
 
 
 def digits_linear_model(epochs=20, seed=0):
     """A linear classifier (flatten + dense) fit on the embedded digits data: the model of the
     issue's ART reference figure, where the attack's own overhead, not the model, sets the time."""
-    keras.utils.set_random_seed(seed)
-    x, y = data.load_arrays("digits", "train")
-    model = keras.Sequential(
-        [keras.Input(x.shape[1:]), keras.layers.Flatten(), keras.layers.Dense(10, name="logits")],
-        name="linear",
+    layers = keras.layers
+    build = lambda shape: keras.Sequential(
+        [keras.Input(shape), layers.Flatten(), layers.Dense(10, name="logits")], name="linear"
     )
-    model.compile(
-        optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
-    model.fit(x, y, batch_size=64, epochs=epochs, verbose=0)
-    return model
+    return _fit_on_digits(build, epochs, seed)
 
 
 def _art_autoattack(model, x, y, eps, steps, queries, num_classes):

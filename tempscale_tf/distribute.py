@@ -41,6 +41,8 @@ def mirrored(devices) -> tf.distribute.MirroredStrategy:
     ("Shape mismatch in the collective instance 100") and abort all later collectives.
     """
     devices = list(devices)
+    if not devices:
+        raise ValueError("mirrored() needs at least one device name, e.g. ['/cpu:0']")
     if all("GPU" not in tf.DeviceSpec.from_string(d).device_type.upper() for d in devices):
         return tf.distribute.MirroredStrategy(
             devices=devices, cross_device_ops=tf.distribute.ReductionToOneDevice(devices[0])

@@ -81,7 +81,8 @@ def default_eval_config() -> ml_collections.ConfigDict:
     return c
 
 
-def _subset_arrays(dataset, split, data_dir, n):
+def subset_arrays(dataset, split, data_dir, n):
+    """The first `n` (0: all) examples of `split`, unshuffled, as (images, labels) arrays."""
     ds = data_lib.load(
         dataset, split, data_dir, batch_size=4096, subset=n or None, shuffle=False, augment=False
     )
@@ -228,7 +229,7 @@ def evaluate_model(model, temperature, dataset, config=None, data_dir=None, prog
     config = config or default_eval_config()
     temperature = check_temperature(temperature)
     start = time.time()
-    images, labels = _subset_arrays(dataset, config.split, data_dir, config.num_examples)
+    images, labels = subset_arrays(dataset, config.split, data_dir, config.num_examples)
     row = {"clean": float(np.mean(predict_labels(model, images) == labels))}
     logging.info("clean accuracy %.4f on %d examples", row["clean"], len(labels))
 

@@ -95,7 +95,7 @@ def _refresh_autoattack(row, config, eval_config, workdir, settings, progress):
     """Add (or redo) only the AutoAttack columns of an evaluated cell."""
     logging.info("%s: adding the AutoAttack columns", workdir)
     model, _ = training.load_run(workdir)
-    images, labels = evaluation._subset_arrays(
+    images, labels = evaluation.subset_arrays(
         config.dataset, eval_config.split, config.data_dir or None, eval_config.num_examples
     )
     if "worst_case_pgd" not in row:  # rows from before AutoAttack: their worst case was PGD-only

@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tempscale_tf import distribute, training
 
@@ -97,3 +98,10 @@ def test_tf_config_builder():
         distribute.tf_config(["a:1"], 3)
     with pytest.raises(ValueError, match="host:port"):
         distribute.tf_config(["a"], 0)
+
+
+def test_mirrored_cpu_strategy_reduces_through_one_device():
+    strategy = distribute.mirrored(["/cpu:0"])
+    assert isinstance(strategy.extended._cross_device_ops, tf.distribute.ReductionToOneDevice)
+    with pytest.raises(ValueError, match="at least one device"):
+        distribute.mirrored([])
