@@ -16,14 +16,13 @@ table goes to --table (default <output_dir>/calibration).{csv,md}.
 """
 
 import os
-import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from tempscale_tf import cli
 
 cli.quiet_tensorflow()
-from tempscale_tf import calibration, tables, training  # noqa: E402
+from tempscale_tf import calibration, tables  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "The training run (a launch/train.py --workdir).")
 flags.DEFINE_string(
@@ -44,19 +43,14 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     output_dir = FLAGS.output_dir or os.path.join(FLAGS.workdir, "calibration")
-    try:
-        results = calibration.calibrate_run(
-            FLAGS.workdir,
-            output_dir,
-            val_split=FLAGS.val_split,
-            test_split=FLAGS.test_split or None,
-            n_bins=FLAGS.n_bins,
-            export=FLAGS.export,
-        )
-    except (ValueError, FileNotFoundError, training.CheckpointError) as e:
-        logging.error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    results = calibration.calibrate_run(
+        FLAGS.workdir,
+        output_dir,
+        val_split=FLAGS.val_split,
+        test_split=FLAGS.test_split or None,
+        n_bins=FLAGS.n_bins,
+        export=FLAGS.export,
+    )
     columns = ["temperature", "accuracy", "mean_confidence", "ece", "classwise_ece", "nll"]
     columns += ["brier", "count"]
     rows = []
@@ -93,4 +87,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

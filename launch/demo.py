@@ -8,7 +8,7 @@ Writes runs under --workdir (default runs/demo) and the table to tables/demo_dig
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from tempscale_tf import cli
 
@@ -81,4 +81,4 @@ def main(argv):
 
 if __name__ == "__main__":
     sys.path.insert(0, os.getcwd())
-    app.run(main)
+    cli.run(main)

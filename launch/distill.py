@@ -22,7 +22,7 @@ from ml_collections import config_flags
 from tempscale_tf import cli
 
 cli.quiet_tensorflow()
-from tempscale_tf import distillation, tables, training  # noqa: E402
+from tempscale_tf import distillation, tables  # noqa: E402
 
 config_flags.DEFINE_config_file(
     "config", "configs/distill_digits.py", "Distillation config file.", lock_config=False
@@ -38,12 +38,7 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     config = FLAGS.config
     logging.info("Config:\n%s", config)
-    try:
-        results = distillation.run_distillation(config, FLAGS.workdir, progress=FLAGS.progress)
-    except (ValueError, FileNotFoundError, training.CheckpointError) as e:
-        logging.error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    results = distillation.run_distillation(config, FLAGS.workdir, progress=FLAGS.progress)
     teacher = results["teacher"]
     columns = ["student", "temperature", "alpha", "seed", "test_accuracy", "test_nll"]
     columns += ["agreement_with_teacher", "train_accuracy", "seconds"]
@@ -83,4 +78,4 @@ def main(argv):
 
 if __name__ == "__main__":
     sys.path.insert(0, os.getcwd())
-    app.run(main)
+    cli.run(main)

@@ -10,9 +10,8 @@ Columns are explained in `tempscale_tf/evaluation.py`.
 
 import json
 import os
-import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from tempscale_tf import cli
@@ -70,20 +69,15 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     eval_config = cli.apply_config_overrides(FLAGS.eval_config)
-    try:
-        model, meta, folder = _load()
-        row = evaluation.evaluate_model(
-            model,
-            meta["temperature"],
-            meta["dataset"],
-            eval_config,
-            data_dir=meta.get("data_dir"),
-            progress=FLAGS.progress,
-        )
-    except (ValueError, FileNotFoundError, training.CheckpointError) as e:
-        logging.error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    model, meta, folder = _load()
+    row = evaluation.evaluate_model(
+        model,
+        meta["temperature"],
+        meta["dataset"],
+        eval_config,
+        data_dir=meta.get("data_dir"),
+        progress=FLAGS.progress,
+    )
     row = {**meta, **row, "command": cli.command_line()}
     atomic_write_json(os.path.join(folder, "eval.json"), row)
     csv = FLAGS.csv or os.path.join(folder, "eval.csv")
@@ -94,4 +88,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

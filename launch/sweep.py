@@ -10,9 +10,8 @@ paper's column order (Clean, -C, PGD-20, C&W), then the gradient-masking diagnos
 """
 
 import os
-import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from tempscale_tf import cli
@@ -34,18 +33,13 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     command = cli.command_line()
-    try:
-        paths = sweep.run_sweep(
-            FLAGS.config,
-            FLAGS.workdir,
-            command=command,
-            progress=FLAGS.progress,
-            max_cells=FLAGS.max_cells or None,
-        )
-    except (ValueError, FileNotFoundError) as e:
-        logging.error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    paths = sweep.run_sweep(
+        FLAGS.config,
+        FLAGS.workdir,
+        command=command,
+        progress=FLAGS.progress,
+        max_cells=FLAGS.max_cells or None,
+    )
     for path in paths:
         print(f"Wrote {path}")
         if path.endswith(".md") and os.path.exists(path):
@@ -53,4 +47,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

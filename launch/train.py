@@ -11,7 +11,6 @@ latest checkpoint in --workdir. TensorBoard: `tensorboard --logdir=<workdir>/ten
 
 import json
 import os
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -62,20 +61,21 @@ def main(argv):
     distribute.split_cpu(flags.FLAGS.cpu_devices)
     config = cli.apply_config_overrides(flags.FLAGS.config)
     logging.info("Config:\n%s", config)
-    try:
-        metrics = training.train(
-            config,
-            flags.FLAGS.workdir,
-            progress=flags.FLAGS.progress,
-            max_steps=flags.FLAGS.max_steps or None,
+    metrics = training.train(
+        config,
+        flags.FLAGS.workdir,
+        progress=flags.FLAGS.progress,
+        max_steps=flags.FLAGS.max_steps or None,
+    )
+    if "stopped_at_step" in metrics:  # --max_steps: no metrics.json until the run finishes
+        print(
+            f"Stopped at step {metrics['stopped_at_step']} with a checkpoint in "
+            f"{flags.FLAGS.workdir}; rerun the same command to continue."
         )
-    except (ValueError, FileNotFoundError, training.CheckpointError) as e:
-        logging.error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        return
     print(json.dumps(metrics, indent=2, default=str))
     print(f"Wrote {os.path.join(flags.FLAGS.workdir, 'metrics.json')}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

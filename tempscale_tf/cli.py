@@ -24,6 +24,32 @@ def command_line() -> str:
     return "python " + " ".join(shlex.quote(a) for a in sys.argv)
 
 
+def run(main) -> None:
+    """`absl.app.run(main)`, reporting a user's error as one `error: ...` line and exit code 2.
+
+    Errors of the types in `tempscale_tf.errors.USER_ERRORS` (bad settings, missing or corrupt
+    files, a diverged run) are bad input, not bugs: they are printed without a traceback (set
+    `TEMPSCALE_TRACEBACK=1` to see it). Any other exception keeps its traceback.
+    """
+    import sys
+
+    from absl import app
+
+    from tempscale_tf.errors import USER_ERRORS
+
+    def guarded(argv):
+        try:
+            return main(argv)
+        except USER_ERRORS as e:
+            if os.environ.get("TEMPSCALE_TRACEBACK"):
+                raise
+            message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+            print(f"error: {message or type(e).__name__}", file=sys.stderr)
+            sys.exit(2)
+
+    app.run(guarded)
+
+
 def quiet_tensorflow() -> None:
     """Silence TensorFlow's C++ and Python info logs (call before importing TensorFlow)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -233,12 +233,7 @@ def _npz_arrays(path, split_name):
         )
     if images.dtype != np.uint8:
         images = images.astype("float32")
-        if images.min() < 0.0 or images.max() > 1.0:
-            raise ValueError(
-                f"{path}: float images must lie in [0, 1] (got range "
-                f"[{images.min()}, {images.max()}]); store uint8 0..255 otherwise"
-            )
-    return images, labels.astype(np.int64)
+    return images, labels
 
 
 # ---------------------------------------------------------------------------------- registry
@@ -266,16 +261,66 @@ def parse_split(split):
     return base, slice(to_int(start), to_int(stop))
 
 
+_NUM_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "tiny_imagenet": 200}
+
+
+def check_arrays(images, labels, source: str, num_classes=None):
+    """Validate loaded arrays; return (images, labels int64) or raise ValueError naming `source`.
+
+    Images must be uint8, or floating point, finite and in [0, 1]; labels must be integers in
+    [0, num_classes) (only `>= 0` when `num_classes` is None). Nothing is clipped or cast
+    silently: a file with NaN pixels or a label of -1 is refused, not trained on.
+    """
+    images, labels = np.asarray(images), np.asarray(labels)
+    if images.ndim != 4:
+        raise ValueError(f"{source}: images must be [N, H, W, C], got shape {images.shape}")
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise ValueError(
+            f"{source}: labels must be [N] matching {len(images)} images, got {labels.shape}"
+        )
+    if images.dtype != np.uint8:
+        if not np.issubdtype(images.dtype, np.floating):
+            raise ValueError(
+                f"{source}: images must be uint8 (0..255) or float in [0, 1], got {images.dtype}"
+            )
+        finite = np.isfinite(images)
+        if not finite.all():
+            raise ValueError(
+                f"{source}: {int(images.size - finite.sum())} pixel values are NaN or infinite"
+            )
+        if images.size and (images.min() < 0.0 or images.max() > 1.0):
+            raise ValueError(
+                f"{source}: float images must lie in [0, 1] (got range "
+                f"[{images.min()}, {images.max()}]); store uint8 0..255 otherwise"
+            )
+    if not np.issubdtype(labels.dtype, np.integer):
+        if not (
+            np.issubdtype(labels.dtype, np.floating)
+            and np.all(np.isfinite(labels))
+            and np.all(labels == np.round(labels))
+        ):
+            raise ValueError(f"{source}: labels must be integers, got dtype {labels.dtype}")
+    labels = labels.astype(np.int64)
+    if labels.size:
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or (num_classes is not None and high >= num_classes):
+            bound = f"[0, {num_classes})" if num_classes is not None else ">= 0"
+            raise ValueError(f"{source}: labels must be in {bound}, found range [{low}, {high}]")
+    return images, labels
+
+
 @functools.lru_cache(maxsize=8)
 def _cached_arrays(name, base_split, data_dir):
     data_dir = pathlib.Path(data_dir)
     if name == "digits":
-        return _digits_arrays(base_split, data_dir)
-    if name in ("cifar10", "cifar100"):
-        return _cifar_arrays(name, base_split, data_dir)
-    if name == "tiny_imagenet":
-        return _tiny_imagenet_arrays(base_split, data_dir)
-    return _npz_arrays(name[4:], base_split)
+        arrays = _digits_arrays(base_split, data_dir)
+    elif name in ("cifar10", "cifar100"):
+        arrays = _cifar_arrays(name, base_split, data_dir)
+    elif name == "tiny_imagenet":
+        arrays = _tiny_imagenet_arrays(base_split, data_dir)
+    else:
+        arrays = _npz_arrays(name[4:], base_split)
+    return check_arrays(*arrays, f"{name} split {base_split!r}", _NUM_CLASSES.get(name))
 
 
 def load_arrays(name: str, split: str = "train", data_dir=None):

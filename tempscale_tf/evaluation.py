@@ -9,7 +9,9 @@
   - `pgd20`: PGD-CE at the *training* temperature (the paper's PGD-20 column);
   - `cw`: PGD on the C&W margin loss at the same L-inf budget (`cw_linf`; the usual "CW-inf"
     column). The C&W-L2 attack is reported beside it as `cw_l2` (robust accuracy at L2 radius
-    `cw_l2_eps`) and `cw_l2_median_distance`: the paper does not say which variant it used;
+    `cw_l2_eps`) and `cw_l2_median_distance` (the median L2 distance C&W needed, over the
+    examples classified correctly without attack; NaN if there are none): the paper does not
+    say which variant it used;
   - diagnostics: `pgd20_ce_t1` (plain CE), `pgd20_margin`, `pgd20_targeted_top3` (margin,
     towards each of the 3 most likely wrong classes), `pgd20_dlr`, `worst_case_pgd` (robust to
     all of these PGD attacks), `autoattack` (the AutoAttack ensemble: APGD-CE, APGD-T, FAB-T,
@@ -82,7 +84,21 @@ def default_eval_config() -> ml_collections.ConfigDict:
 
 
 def subset_arrays(dataset, split, data_dir, n):
-    """The first `n` (0: all) examples of `split`, unshuffled, as (images, labels) arrays."""
+    """The first `n` (0: all) examples of `split`, unshuffled, as (images, labels) arrays.
+
+    A split smaller than `n` is used whole (logged), so the CIFAR-sized defaults also evaluate
+    a small dataset such as digits (360 test images).
+    """
+    if n:
+        size = len(data_lib.load_arrays(dataset, split, data_dir)[1])
+        if n >= size:
+            logging.info(
+                "num_examples=%d >= the %d examples of split %r: using the whole split",
+                n,
+                size,
+                split,
+            )
+            n = 0
     ds = data_lib.load(
         dataset, split, data_dir, batch_size=4096, subset=n or None, shuffle=False, augment=False
     )
@@ -136,8 +152,16 @@ def cw_l2_accuracy(
     jit_compile=None,
     batch_size=100,
 ) -> dict:
-    """Robust accuracy under C&W-L2 at L2 radius `eps`, and the median distance it needed."""
-    robust, distances = [], []
+    """Robust accuracy under C&W-L2 at L2 radius `eps`, and the median distance it needed.
+
+    Returns:
+      dict with `cw_l2`: the fraction of all examples that are classified correctly and whose
+      C&W distance exceeds `eps`; and `cw_l2_median_distance`: the median C&W distance over
+      the examples classified correctly without attack (NaN if there are none), where an
+      example C&W failed on counts as +inf. Misclassified examples are left out: counting
+      them as distance 0 made the median 0 whenever the clean accuracy was below one half.
+    """
+    robust, distances, clean = [], [], []
     for i in range(0, len(images), batch_size):
         x, y = images[i : i + batch_size], labels[i : i + batch_size]
         correct = predict_labels(model, x) == y
@@ -150,11 +174,13 @@ def cw_l2_accuracy(
             learning_rate=learning_rate,
             jit_compile=jit_compile,
         )
-        l2 = np.where(correct, result.l2.numpy(), 0.0)  # misclassified: distance 0
+        l2 = result.l2.numpy()
         robust.append(correct & (l2 > eps))
         distances.append(l2)
-    robust, distances = np.concatenate(robust), np.concatenate(distances)
-    return {"cw_l2": float(robust.mean()), "cw_l2_median_distance": float(np.median(distances))}
+        clean.append(correct)
+    robust, distances, clean = (np.concatenate(v) for v in (robust, distances, clean))
+    median = float(np.median(distances[clean])) if clean.any() else float("nan")
+    return {"cw_l2": float(robust.mean()), "cw_l2_median_distance": median}
 
 
 def pgd_attacks(temperature, config):
@@ -228,12 +254,18 @@ def evaluate_model(model, temperature, dataset, config=None, data_dir=None, prog
     """
     config = config or default_eval_config()
     temperature = check_temperature(temperature)
+    # Every setting is checked before any work: bad attack or corruption settings fail at once.
+    attack_list = pgd_attacks(temperature, config)
+    names = [n for n in str(config.corruptions).split(",") if n]
+    known = corruptions.CORRUPTIONS + corruptions.EXTRA_CORRUPTIONS
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"Unknown corruptions {unknown}; available: {list(known)}")
     start = time.time()
     images, labels = subset_arrays(dataset, config.split, data_dir, config.num_examples)
     row = {"clean": float(np.mean(predict_labels(model, images) == labels))}
     logging.info("clean accuracy %.4f on %d examples", row["clean"], len(labels))
 
-    names = [n for n in str(config.corruptions).split(",") if n]
     if names:
         severities = [int(s) for s in str(config.severities).split(",")]
         n_c = config.corruption_examples or len(labels)
@@ -251,7 +283,6 @@ def evaluate_model(model, temperature, dataset, config=None, data_dir=None, prog
         )
         logging.info("corruption accuracy %.4f", row["corruption"])
 
-    attack_list = pgd_attacks(temperature, config)
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(config.batch_size)

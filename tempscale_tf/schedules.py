@@ -31,11 +31,22 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
             raise ValueError(f"Unknown schedule {kind!r}; choose one of {SCHEDULES}")
         if not (math.isfinite(base_lr) and base_lr > 0):
             raise ValueError(f"learning rate must be positive and finite, received {base_lr}")
+        milestones = tuple(float(m) for m in milestones)
+        if kind == "step" and not all(0.0 < m < 1.0 for m in milestones):
+            raise ValueError(
+                f"step milestones are fractions of training in (0, 1), received {milestones}"
+            )
+        if kind == "step" and not (0.0 < gamma <= 1.0):
+            raise ValueError(f"step gamma must be in (0, 1], received {gamma}")
+        if not (0 <= int(warmup_steps) <= max(int(total_steps), 1)):
+            raise ValueError(
+                f"warmup_steps must be in [0, total_steps={total_steps}], received {warmup_steps}"
+            )
         self.base_lr = float(base_lr)
         self.total_steps = max(int(total_steps), 1)
         self.warmup_steps = int(warmup_steps)
         self.kind = kind
-        self.milestones = tuple(float(m) for m in milestones)
+        self.milestones = milestones
         self.gamma = float(gamma)
 
     def __call__(self, step):

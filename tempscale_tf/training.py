@@ -38,32 +38,26 @@ from absl import logging
 
 from tempscale_tf import data as data_lib
 from tempscale_tf import distribute, models
+from tempscale_tf.errors import CheckpointError, TrainingDivergedError  # noqa: F401 (re-exported)
 from tempscale_tf.files import atomic_write_json, read_json
 from tempscale_tf.losses import temperature_cross_entropy
 from tempscale_tf.schedules import WarmupSchedule
 from tempscale_tf.validation import check_positive_int, check_temperature
 
-# Settings that must not change when a run resumes in the same workdir.
-_RESUME_KEYS = (
-    "dataset",
-    "train_split",
-    "train_subset",
-    "model",
-    "model_kwargs",
-    "temperature",
-    "label_smoothing",
-    "batch_size",
-    "seed",
-    "lr",
-    "momentum",
-    "weight_decay",
-    "schedule",
-    "adv_train",
+# Settings that may differ when a run resumes in the same workdir: they change how the run is
+# executed, logged or checkpointed, never its trajectory (the weights after every step are the
+# same up to floating-point reassociation). Every other setting is compared on resume.
+_RESUME_MAY_CHANGE = (
+    "data_dir",  # the same files on another machine
+    "strategy",  # a step on N replicas equals the single-device step (synchronised BN)
+    "jit_compile",
+    "deterministic",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+    "log_every_steps",
+    "histogram_examples",
+    "export",
 )
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint exists but cannot be read (corrupted, truncated or from another model)."""
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -205,7 +199,14 @@ def effective_hparams(config) -> tuple[float, float]:
 
 
 def _decayed(variable) -> bool:
-    return "kernel" in variable.path or variable.path.endswith("embeddings")
+    """Whether coupled weight decay applies to `variable`.
+
+    Every weight matrix, filter bank or embedding table (rank >= 2) is decayed, whatever the
+    layer calls it. Never decayed: scalars and rank-1 variables (biases, normalisation scales
+    and offsets), multi-head attention biases (rank 2, named `bias`) and a ViT's class token.
+    """
+    name = variable.path.rsplit("/", 1)[-1]
+    return len(variable.shape) >= 2 and name != "bias" and name != "class_token"
 
 
 def _make_state(config, workdir, strategy, total_steps, steps_per_epoch) -> TrainState:
@@ -272,17 +273,32 @@ def restore_checkpoint(checkpoint: tf.train.Checkpoint, path: str, partial=False
 
 
 def check_resume_config(workdir, config):
+    """Refuse to resume `workdir` with settings that would change the run's trajectory.
+
+    Every field of the config is compared with the run's `config.json` except those in
+    `_RESUME_MAY_CHANGE` (execution, logging and checkpoint cadence). A field missing from an
+    older `config.json` must equal its default.
+    """
     path = pathlib.Path(workdir) / "config.json"
     if not path.exists():
         return
     old = read_json(path)
     new = _config_dict(config)
-    diffs = [k for k in _RESUME_KEYS if k in old and old.get(k) != new.get(k)]
+    defaults = _config_dict(default_config())
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        if key in _RESUME_MAY_CHANGE:
+            continue
+        before = old.get(key, defaults.get(key))
+        after = new.get(key, defaults.get(key))
+        if before != after:
+            diffs.append(f"{key}: {before!r} -> {after!r}")
     if diffs:
         raise ValueError(
-            f"workdir {workdir} holds a run with different settings "
-            + ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diffs)
-            + ". Use a new --workdir for a different experiment."
+            f"workdir {workdir} holds a run with different settings ("
+            + "; ".join(diffs)
+            + "). Resuming would change the run half-way: use a new --workdir, or the run's "
+            "original settings (see its config.json)."
         )
 
 
@@ -511,6 +527,8 @@ def train(config, workdir, strategy=None, progress: bool = True, max_steps=None)
     # In a multi-worker cluster only the chief writes the run's files; the other workers save
     # their (identical) checkpoints to a scratch folder, as tf.distribute requires all to save.
     chief = distribute.is_chief(strategy)
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ValueError(f"workdir {workdir!r} is a file, not a folder: choose another --workdir")
     os.makedirs(workdir, exist_ok=True)
     check_resume_config(workdir, config)
     if chief:
@@ -616,7 +634,9 @@ def train(config, workdir, strategy=None, progress: bool = True, max_steps=None)
             )
             stop_now = not last and bool(max_steps) and steps_done_here >= max_steps
             if len(pending) >= config.log_every_steps or last or save_now or stop_now:
-                sums = np.sum([[float(t) for t in p] for p in pending], axis=0)
+                values = np.array([[float(t) for t in p] for p in pending])
+                _check_finite_losses(values[:, 0], step - len(pending) + 1, workdir, state)
+                sums = values.sum(axis=0)
                 pending = []
                 acc["loss_sum"].assign_add(sums[0])
                 acc["correct"].assign_add(sums[1])
@@ -632,6 +652,7 @@ def train(config, workdir, strategy=None, progress: bool = True, max_steps=None)
             if save_now or stop_now:
                 acc["seconds"].assign_add(time.time() - epoch_start)
                 epoch_start = time.time()
+                _check_finite_weights(state, step, workdir)
                 state.manager.save(checkpoint_number=step)
             if stop_now:
                 logging.info("Stopped at step %d (max_steps=%d); rerun to resume.", step, max_steps)
@@ -681,6 +702,7 @@ def train(config, workdir, strategy=None, progress: bool = True, max_steps=None)
             atomic_write_json(history_path, history)
         for v in acc.values():
             v.assign(0.0)
+        _check_finite_weights(state, step, workdir)
         state.manager.save(checkpoint_number=step)
         elapsed = time.time() - run_start
         remaining = (config.epochs - epoch - 1) * steps_per_epoch
@@ -725,6 +747,36 @@ def train(config, workdir, strategy=None, progress: bool = True, max_steps=None)
         metrics["export"] = os.path.join(workdir, "export")
     atomic_write_json(os.path.join(workdir, "metrics.json"), metrics)
     return metrics
+
+
+def _last_checkpoint_note(state, workdir) -> str:
+    latest = state.manager.latest_checkpoint
+    if latest:
+        return f"The last good checkpoint, {latest}, is kept; nothing was exported."
+    return f"No checkpoint was written to {workdir}; nothing was exported."
+
+
+def _check_finite_losses(losses, first_step, workdir, state) -> None:
+    """Raise `TrainingDivergedError` naming the first step whose summed loss is not finite."""
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if bad.size:
+        step = first_step + int(bad[0])
+        raise TrainingDivergedError(
+            f"the training loss is {losses[bad[0]]} at step {step}: training diverged "
+            "(learning rate too high?) or the data hold non-finite values. "
+            + _last_checkpoint_note(state, workdir)
+        )
+
+
+def _check_finite_weights(state, step, workdir) -> None:
+    """Refuse to checkpoint weights that hold NaN or infinity (e.g. from an infinite gradient
+    whose loss was still finite)."""
+    for v in state.model.trainable_variables:
+        if not np.all(np.isfinite(np.asarray(v.numpy(), dtype=np.float32))):
+            raise TrainingDivergedError(
+                f"weight {v.path} is not finite after step {step}: training diverged. "
+                + _last_checkpoint_note(state, workdir)
+            )
 
 
 def _shard_by_data(dataset):

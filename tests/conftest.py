@@ -42,3 +42,31 @@ def _seed():
 
     keras.utils.set_random_seed(0)
     yield
+
+
+def run_launcher(script, *flags, timeout=600, env=None):
+    """Run `launch/<script>.py` with `flags` from the repository root; return the
+    `subprocess.CompletedProcess` (text stdout/stderr)."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "launch" / f"{script}.py"), *map(str, flags)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {})),
+    )
+
+
+@pytest.fixture
+def run_script():
+    """`run_script("train", "--epochs=1", ...)`: a launcher run as a user would (see
+    `run_launcher`)."""
+    return run_launcher
+
+
+@pytest.fixture
+def repo_root():
+    return REPO_ROOT

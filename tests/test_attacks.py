@@ -423,6 +423,77 @@ def test_robust_accuracy_dataset_with_mirrored_strategy():
     assert 0 < plain.robust_accuracy < plain.clean_accuracy
 
 
+def _always_class_0(images):
+    """Logits (1, 0) for every image: with labels 0 never fooled, so every attack runs."""
+    ones = tf.ones([tf.shape(images)[0], 1]) + 0.0 * tf.reduce_sum(images)
+    return tf.concat([ones, tf.zeros_like(ones)], axis=-1)
+
+
+def _shift_attack(images, delta):
+    """An "attack" returning `x + delta[i]` (unclipped) for the image x == `images[i]`.
+
+    Looks each image up, so it works on any sub-batch of `images` (as `worst_case` and the
+    dataset version pass).
+    """
+
+    def attack(model, x, y):
+        x = np.asarray(x)
+        index = [int(np.flatnonzero((images == row).all(axis=(1, 2, 3)))[0]) for row in x]
+        return tf.constant(x + delta[index], tf.float32)
+
+    return attack
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_worst_case_rejects_points_outside_the_eps_ball(norm):
+    """The threat-model guard: an attack that leaves the eps-ball invalidates the table."""
+    rng = np.random.default_rng(3)
+    n, eps = 8, 0.05
+    x = rng.uniform(0.3, 0.7, (n, 4, 4, 3)).astype("float32")
+    y = np.zeros(n, int)
+    unit = rng.normal(size=x.shape)  # per example: norm 1 in the threat model's norm
+    flat = unit.reshape(n, -1)
+    size = np.abs(flat).max(1) if norm == "linf" else np.sqrt((flat**2).sum(1))
+    unit /= size[:, None, None, None]
+    on_sphere = eps * unit * (1 - 1e-4)  # inside the ball and [0, 1]: accepted
+    result = worst_case(
+        _always_class_0, x, y, [("ok", _shift_attack(x, on_sphere))], eps=eps, norm=norm
+    )
+    assert result.robust_accuracy == 1.0
+    outside = on_sphere.copy()
+    outside[5] *= 1.5  # a single example 1.5 eps away, still inside [0, 1]
+    assert x.min() - 2 * eps >= 0 and x.max() + 2 * eps <= 1
+    attacks = [("ok", _shift_attack(x, on_sphere)), ("too_far", _shift_attack(x, outside))]
+    with pytest.raises(RuntimeError, match=f"'too_far' left the {norm} ball"):
+        worst_case(_always_class_0, x, y, attacks, eps=eps, norm=norm)
+    # The dataset version runs the same guard; without `eps` there is nothing to check.
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+    with pytest.raises(RuntimeError, match="'too_far' left"):
+        robust_accuracy_dataset(
+            _always_class_0, dataset, attacks, progress=False, eps=eps, norm=norm
+        )
+    assert worst_case(_always_class_0, x, y, attacks).robust_accuracy == 1.0
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("side", ["above_1", "below_0"])
+def test_worst_case_rejects_points_outside_the_box(norm, side):
+    """The guard's other half: an image outside [0, 1], although well inside the eps-ball."""
+    n, eps = 6, 0.1
+    x = np.random.default_rng(4).uniform(0.3, 0.7, (n, 4, 4, 3)).astype("float32")
+    x[2, 1, 1, 0] = 0.99 if side == "above_1" else 0.01
+    delta = np.zeros(x.shape, "float32")
+    delta[2, 1, 1, 0] = 0.03 if side == "above_1" else -0.03  # size 0.03 < eps in L-inf and L2
+    attacks = [("off_box", _shift_attack(x, delta))]
+    with pytest.raises(RuntimeError, match=r"'off_box' returned images outside \[0, 1\]"):
+        worst_case(_always_class_0, x, np.zeros(n, int), attacks, eps=eps, norm=norm)
+    inside = np.where(x + delta > 1, 1 - x, np.where(x + delta < 0, -x, delta))
+    accepted = worst_case(
+        _always_class_0, x, np.zeros(n, int), [("ok", _shift_attack(x, inside))], eps=eps, norm=norm
+    )
+    assert accepted.robust_accuracy == 1.0
+
+
 # --------------------------------------------------------------------------- bad inputs
 
 

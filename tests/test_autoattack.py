@@ -6,6 +6,9 @@ AutoAttack. Tiny models and reduced step / query budgets keep the file fast on 2
 """
 
 import functools
+import inspect
+import math
+from fractions import Fraction
 
 import keras
 import numpy as np
@@ -24,8 +27,9 @@ from tempscale_tf.attacks import (
     square_attack,
     worst_case,
 )
+from tempscale_tf.attacks.apgd import _apgd_segments, _build_apgd_init, _build_apgd_segment
 from tempscale_tf.attacks.fab import project_onto_hyperplane
-from tempscale_tf.attacks.square import square_p_schedule
+from tempscale_tf.attacks.square import _l2_update, square_p_schedule
 
 NUM_CLASSES = 10
 TOL = 1e-6
@@ -139,6 +143,119 @@ def test_apgd_checkpoints_follow_the_paper():
         assert steps - points[-1] < lengths[-1]  # no room for another segment
 
 
+def _paper_checkpoints(steps):
+    """Croce & Hein's w_j = ceil(p_j * steps), in exact fractions: [w_0 = 0, w_1, ...]."""
+    p = [Fraction(0), Fraction(22, 100)]
+    while True:
+        following = p[-1] + max(p[-1] - p[-2] - Fraction(3, 100), Fraction(6, 100))
+        if math.ceil(following * steps) > steps:
+            return [math.ceil(q * steps) for q in p]
+        p.append(following)
+
+
+def _paper_step_sizes(losses, eps, w, rho=0.75, condition_1=True, condition_2=True, restart=True):
+    """Numpy transcription of APGD's step-size rule (Croce & Hein, 2020, Sec. 3.2).
+
+    `losses[k]`: the loss at the k-th iterate x^(k) (x^(0) the start), `[steps + 1, batch]`;
+    iteration k moves x^(k) to x^(k+1). Returns (the step size of each iteration
+    `[steps, batch]`, per checkpoint j >= 1: (condition 1, condition 2, halved)).
+    At the checkpoint w_j (once x^(w_j) is known) the step is halved if
+      1. #{i in [w_{j-1}, w_j): f(x^(i+1)) > f(x^(i))} < rho (w_j - w_{j-1}), or
+      2. it was not halved at w_{j-1} and f_max(w_{j-1}) == f_max(w_j),
+    and a halved example restarts from its best point: x^(w_j) <- x_max, whose loss f_max
+    is then the one the next step is compared with. Condition 2 needs a previous checkpoint
+    (j >= 2), as in the reference implementation.
+    """
+    f = losses.astype(np.float64)
+    steps, batch = f.shape[0] - 1, f.shape[1]
+    eta = np.full(batch, 2.0 * eps)
+    f_max, current = f[0].copy(), f[0].copy()
+    increases = np.zeros(batch)
+    halved_last = f_max_last = None
+    per_iteration, checks = np.empty((steps, batch)), []
+    for k in range(steps):
+        per_iteration[k] = eta
+        increases += f[k + 1] > current
+        current = f[k + 1]
+        f_max = np.maximum(f_max, current)
+        if k + 1 in w[1:]:
+            j = w.index(k + 1)
+            c1 = increases < rho * (w[j] - w[j - 1])
+            c2 = np.zeros(batch, bool) if j == 1 else ~halved_last & (f_max == f_max_last)
+            halve = (condition_1 & c1) | (condition_2 & c2)
+            eta = np.where(halve, eta / 2.0, eta)
+            if restart:
+                current = np.where(halve, f_max, current)
+            halved_last, f_max_last, increases = halve, f_max.copy(), np.zeros(batch)
+            checks.append((c1, c2, halve))
+    return per_iteration, checks
+
+
+def _scripted_model(losses):
+    """A callable whose i-th call returns, for every example e, logits (0, losses[i, e]).
+
+    For label 0 the untargeted margin loss max_{j != y} z_j - z_y is then exactly
+    losses[i, e] (float32), whatever the input; the input enters with weight 0, so the
+    gradient exists (and is 0: the iterates stay put, only the losses are scripted).
+    """
+    table = tf.constant(np.stack([np.zeros_like(losses), losses], axis=-1), tf.float32)
+    calls = tf.Variable(0)
+
+    def model(images):
+        i = calls.assign_add(1) - 1
+        return tf.gather(table, i) + 0.0 * tf.reduce_sum(images, axis=[1, 2, 3])[:, None]
+
+    return model
+
+
+def test_apgd_step_size_schedule_follows_the_paper():
+    """The compiled APGD loop's step sizes for scripted losses, against the paper's rule.
+
+    The losses are random walks with varied up/down statistics, so the checkpoints exercise
+    both halving conditions alone, the restart from the best point, and counts exactly at
+    rho * segment length (the strict "<"); the checks below verify that the paper's rule
+    with either condition off, rho = 0, no restart or shifted checkpoints would differ.
+    """
+    steps, batch, eps = 100, 48, 0.1
+    rng = np.random.default_rng(0)
+    up = rng.uniform(0.0, 0.1, (steps, batch))
+    down = rng.uniform(0.0, 1.0, (steps, batch)) * rng.choice([0.05, 0.3, 1.0], batch)
+    rises = rng.uniform(size=(steps, batch)) < rng.uniform(0.5, 1.0, batch)
+    walk = np.cumsum(np.where(rises, up, -down), axis=0) + rng.normal(size=batch)
+    losses = np.concatenate([rng.normal(size=(1, batch)), walk]).astype(np.float32)
+
+    w = _paper_checkpoints(steps)
+    assert w == [0, 22, 41, 57, 70, 80, 87, 93, 99]
+    rho = inspect.signature(apgd).parameters["rho"].default
+    assert inspect.signature(apgd_targeted).parameters["rho"].default == rho
+    expected, checks = _paper_step_sizes(losses, eps, w)
+    c1, c2, halved = (np.array(c) for c in zip(*checks))
+    assert (c1 & ~c2).any() and (c2 & ~c1).any() and (~halved).any()
+    differs = lambda other: np.any(other[0] != expected)
+    assert differs(_paper_step_sizes(losses, eps, w, rho=0.0))
+    assert differs(_paper_step_sizes(losses, eps, w, rho=0.75 + 1e-6))  # "<=" instead of "<"
+    assert differs(_paper_step_sizes(losses, eps, w, condition_1=False))
+    assert differs(_paper_step_sizes(losses, eps, w, condition_2=False))
+    assert differs(_paper_step_sizes(losses, eps, w, restart=False))
+    assert differs(_paper_step_sizes(losses, eps, [0] + [v + 1 for v in w[1:]]))
+
+    # The library's loop: the compiled start and segments of `apgd`, on the scripted model.
+    model = _scripted_model(losses)
+    key = ((1, 1, 1), "linf", "margin", False, False, False)
+    init, segment = _build_apgd_init(model, *key), _build_apgd_segment(model, *key)
+    x, y = tf.fill([batch, 1, 1, 1], 0.5), tf.zeros([batch], tf.int32)
+    scalars = [tf.constant(v, tf.float32) for v in (eps, rho, 1.0)] + [tf.constant(1)]
+    state = init(x, tf.zeros_like(x), y, y, scalars[0], scalars[2], scalars[3])
+    ours, ours_halved = [], []
+    for length, first, check in _apgd_segments(steps):
+        ours += [state["step"].numpy()] * length
+        state = segment(state, *scalars, *(tf.constant(v) for v in (length, first, check)))
+        if check:
+            ours_halved.append(state["reduced_last"].numpy())
+    np.testing.assert_allclose(np.array(ours), expected, rtol=1e-6)
+    np.testing.assert_array_equal(np.array(ours_halved), halved)
+
+
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_apgd_on_linear_model_matches_exact_rate(linear, norm):
     model, x, y = linear["model"], linear["x"], linear["y"]
@@ -248,6 +365,81 @@ def test_square_p_schedule():
             tf.constant(it), tf.constant(1000), tf.constant(0.8), tf.constant(True)
         )
         assert float(tensor) == pytest.approx(square_p_schedule(it, 1000, 0.8))
+
+
+def _paper_square_l2_update(x, x_hat, corners, side, eta_rho, eps):
+    """Numpy transcription of Square Attack's L2 proposal (Andriushchenko et al., 2020, Alg. 3).
+
+    x, x_hat: the clean image and the current iterate `[n, h, w, c]`; corners: `[n, 4]`, the
+    top-left pixels (r1, s1, r2, s2) of the windows W1 and W2 of side `side`; eta_rho:
+    `[n, side, side, c]`, rho[i] * eta* for each channel i. For each channel i on its own:
+    nu_temp = rho[i] eta* + nu_{W1,i} / ||nu_{W1,i}||,
+    eps_avail^i = sqrt(||nu_{W1 u W2, i}||^2 + eps_unused^2 / c) with
+    eps_unused^2 = eps^2 - ||nu||^2, then nu_{W2,i} <- 0 and
+    nu_{W1,i} <- nu_temp / ||nu_temp|| * eps_avail^i. Returns x + nu clipped to [0, 1]
+    (the attack's projection; the new nu has norm eps).
+    """
+    x = x.astype(np.float64)
+    nu = x_hat.astype(np.float64) - x
+    channels = x.shape[-1]
+    new = nu.copy()
+    for e in range(len(x)):
+        r1, s1, r2, s2 = corners[e]
+        w1 = (slice(r1, r1 + side), slice(s1, s1 + side))
+        w2 = (slice(r2, r2 + side), slice(s2, s2 + side))
+        union = np.zeros(x.shape[1:3], bool)
+        union[w1] = union[w2] = True
+        unused = max(eps**2 - np.sum(nu[e] ** 2), 0.0)  # >= 0 but for float32 rounding
+        for i in range(channels):
+            old = nu[e][w1][..., i]
+            size = np.sqrt(np.sum(old**2))
+            temp = eta_rho[e, ..., i] + (old / size if size > 0 else 0.0)
+            available = np.sqrt(np.sum(nu[e][..., i][union] ** 2) + unused / channels)
+            new[e][w2 + (i,)] = 0.0
+            new[e][w1 + (i,)] = temp / np.sqrt(np.sum(temp**2)) * available
+    np.testing.assert_allclose(np.sqrt((new**2).sum(axis=(1, 2, 3))), eps, rtol=1e-6)
+    return np.clip(x + new, 0.0, 1.0)
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_square_l2_update_matches_the_paper(channels):
+    """Square's L2 proposal, given its random draws, against the paper's per-channel rule.
+
+    The window norm ||nu_{W1 u W2, i}|| is per channel: a norm over all channels puts about
+    sqrt(c) times the intended energy into W1 for RGB images (grayscale is the same).
+    """
+    rng = np.random.default_rng(0)
+    n, height, width, side, eps = 6, 9, 11, 5, 1.0
+    x = rng.uniform(0.2, 0.8, (n, height, width, channels))
+    x[5] = rng.uniform(0.0, 0.03, (height, width, channels))  # the final clip binds
+    nu = rng.normal(size=x.shape)
+    corners = rng.integers(0, [height - side + 1, width - side + 1] * 2, (n, 4))
+    corners[0, 2:] = corners[0, :2]  # W2 = W1
+    corners[1, 2:] = corners[1, :2] + 1  # overlapping windows
+    r1, s1 = corners[2, :2]
+    nu[2, r1 : r1 + side, s1 : s1 + side, 0] = 0.0  # nothing in W1 on one channel
+    nu *= eps / np.sqrt((nu**2).sum(axis=(1, 2, 3), keepdims=True))
+    nu[3] *= 0.5  # an unused budget
+    x = x.astype(np.float32)
+    x_hat = np.clip(x + nu, 0.0, 1.0).astype(np.float32)
+    pattern = rng.normal(size=(n, side, side, 1))
+    pattern /= np.sqrt((pattern**2).sum(axis=(1, 2, 3), keepdims=True))
+    eta_rho = pattern * rng.choice([-1.0, 1.0], (n, 1, 1, channels))
+    direction = np.zeros(x.shape, np.float32)
+    for e, (r, c) in enumerate(corners[:, :2]):
+        direction[e, r : r + side, c : c + side] = eta_rho[e]
+
+    expected = _paper_square_l2_update(x, x_hat, corners, side, eta_rho, eps)
+    ours = _l2_update(
+        tf.constant(x),
+        tf.constant(x_hat),
+        [tf.constant(corners[:, k], tf.int32) for k in range(4)],
+        tf.constant(side),
+        tf.constant(direction),
+        tf.constant(eps, tf.float32),
+    ).numpy()
+    np.testing.assert_allclose(ours, expected, atol=2e-6)
+    assert np.any(expected[5] == 0.0)  # the clip was active
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])

@@ -133,8 +133,16 @@ def test_other_image_sizes(shape):
         for severity in (1, 5):
             y = C.corrupt(x, name, severity, seed=1)
             assert y.shape == shape and y.dtype == np.float32, name
-            assert y.min() >= 0.0 and y.max() <= 1.0, name
             assert np.isfinite(y).all(), name
+            # The corruption acts at this size (the image changes) and is a function of the
+            # seed. Exempt: severity 1, where some CIFAR constants are near-identity, and the
+            # defocus disk below 32 pixels, whose radius 1.5 * min(H, W) / 32 falls under one
+            # pixel (the disk is then the identity, as in the official code), and 4x4 images,
+            # where every scaled blur length is a fraction of a pixel.
+            size = min(shape[1:3])
+            if severity == 5 and size >= 8 and (name != "defocus_blur" or size >= 32):
+                assert np.abs(y - x).mean() > 1e-3, (name, severity)
+            np.testing.assert_array_equal(y, C.corrupt(x, name, severity, seed=1))
 
 
 def test_large_batch_is_chunked_deterministically(natural):

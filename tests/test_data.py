@@ -101,11 +101,22 @@ def test_cifar100_folder(tmp_path):
     folder = tmp_path / "cifar-100-python"
     folder.mkdir()
     rng = np.random.default_rng(1)
+    batches = {}
     for split in ("train", "test"):
+        batch = _cifar_batch(12, rng, fine=True)
+        # The official pickles hold both label sets: 100 fine classes and 20 coarse ones.
+        batch[b"fine_labels"] = rng.integers(20, 100, size=12).tolist()
+        batch[b"coarse_labels"] = rng.integers(0, 20, size=12).tolist()
+        batches[split] = batch
         with open(folder / split, "wb") as f:
-            pickle.dump(_cifar_batch(12, rng, fine=True), f)
+            pickle.dump(batch, f)
     x, y = data.load_arrays("cifar100", "test", tmp_path)
     assert x.shape == (12, 32, 32, 3) and data.info("cifar100").num_classes == 100
+    assert y.tolist() == batches["test"][b"fine_labels"]  # fine, not coarse, labels
+    rows = np.asarray(batches["test"][b"data"]).reshape(12, 3, 32, 32).transpose(0, 2, 3, 1)
+    np.testing.assert_array_equal(x, rows)  # channel planes -> HWC
+    xb, _ = next(iter(data.load("cifar100", "test", tmp_path, batch_size=12)))
+    np.testing.assert_allclose(xb.numpy(), rows.astype(np.float32) / 255.0, rtol=1e-6)
 
 
 def test_tiny_imagenet_layout(tmp_path):
@@ -150,6 +161,16 @@ def test_npz_dataset(tmp_path):
     assert info.num_classes == 4 and info.image_shape == (8, 8, 3)
     x, y = next(iter(data.load(f"npz:{path}", "test", batch_size=4)))
     assert x.shape == (4, 8, 8, 3) and y.numpy().tolist() == [0, 1, 2, 3]
+    with np.load(path) as raw:  # uint8 pixels are scaled by exactly 1/255
+        np.testing.assert_allclose(x.numpy(), raw["x_test"] / 255.0, rtol=1e-6)
+        raw_train = raw["x_train"]
+    xf = (raw_train / 255.0).astype(np.float32)
+    np.testing.assert_allclose(info.mean, xf.mean(axis=(0, 1, 2)), rtol=1e-5)
+    # Float pixels in [0, 1] are kept as they are.
+    floats = tmp_path / "floats.npz"
+    np.savez(floats, x_train=xf, y_train=np.arange(10) % 4, x_test=xf[:4], y_test=np.arange(4))
+    xb, _ = next(iter(data.load(f"npz:{floats}", "test", batch_size=4)))
+    np.testing.assert_array_equal(xb.numpy(), xf[:4])
     np.savez(
         tmp_path / "bad.npz",
         x_train=np.full((2, 4, 4), 3.0),
@@ -186,3 +207,52 @@ def test_errors_name_the_problem(tmp_path):
         data.load("digits", batch_size=0)
     with pytest.raises(FileNotFoundError, match="npz"):
         data.load_arrays("npz:/nonexistent/file.npz", "train")
+
+
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("nan_pixels", "NaN or infinite"),
+        ("inf_pixels", "NaN or infinite"),
+        ("negative_label", r"labels must be in >= 0, found range \[-1, 3\]"),
+        ("fractional_label", "labels must be integers"),
+        ("bad_rank", r"\[N, H, W, C\]"),
+        ("int_pixels", "uint8"),
+    ],
+)
+def test_npz_refuses_bad_arrays(tmp_path, case, match):
+    x = np.random.default_rng(0).random((8, 4, 4, 3)).astype(np.float32)
+    y = np.arange(8) % 4
+    if case == "nan_pixels":
+        x[3, 1, 1, 0] = np.nan
+    elif case == "inf_pixels":
+        x[0, 0, 0, 2] = np.inf
+    elif case == "negative_label":
+        y = y - (y == 0).astype(int) * 1  # class 0 becomes -1
+    elif case == "fractional_label":
+        y = y + 0.5
+    elif case == "bad_rank":
+        x = x.reshape(8, -1)
+    elif case == "int_pixels":
+        x = (x * 255).astype(np.int32)
+    path = tmp_path / f"{case}.npz"
+    np.savez(path, x_train=x, y_train=y, x_test=x, y_test=y)
+    with pytest.raises(ValueError, match=match):
+        data.load_arrays(f"npz:{path}", "train")
+
+
+def test_named_datasets_refuse_labels_out_of_range(tmp_path):
+    """A CIFAR-10 file with a label of 10 is refused, not trained on as an 11th class."""
+    rng = np.random.default_rng(4)
+    batches = _write_fake_cifar10(tmp_path / "cifar-10-batches-py", rng, n=4)
+    batches["test_batch"][b"labels"][2] = 10
+    with open(tmp_path / "cifar-10-batches-py" / "test_batch", "wb") as f:
+        pickle.dump(batches["test_batch"], f, protocol=4)
+    with pytest.raises(ValueError, match=r"cifar10 split 'test'.*\[0, 10\)"):
+        data.load_arrays("cifar10", "test", tmp_path)
+
+
+def test_check_arrays_accepts_integral_float_labels():
+    x = np.zeros((3, 2, 2, 1), np.uint8)
+    _, y = data.check_arrays(x, np.array([0.0, 2.0, 1.0]), "mine", num_classes=3)
+    assert y.dtype == np.int64 and y.tolist() == [0, 2, 1]

@@ -10,8 +10,9 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+import tensorflow as tf
 
-from tempscale_tf import data, evaluation, sweep, tables
+from tempscale_tf import attacks, data, evaluation, sweep, tables
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -47,9 +48,19 @@ def test_columns_are_consistent(linear_digits_model):
     row = evaluation.evaluate_model(
         linear_digits_model, 1.0, "digits", quick_eval(), progress=False
     )
-    for column in evaluation.MAIN_COLUMNS + ("pgd20_margin", "pgd20_dlr", "worst_case", "cw_l2"):
-        assert 0.0 <= row[column] <= 1.0, column
+    # Clean and corruption accuracies recomputed independently on the same 120 images.
+    x, y = evaluation.subset_arrays("digits", "test", None, 120)
+    predict = lambda images: np.argmax(linear_digits_model.predict(images, verbose=0), -1)
+    assert row["clean"] == pytest.approx(np.mean(predict(x) == y))
     assert row["clean"] > 0.85
+    from tempscale_tf import corruptions
+
+    noisy = corruptions.corrupt(x, "gaussian_noise", 5, seed=0)
+    assert row["corruption/gaussian_noise_5"] == pytest.approx(np.mean(predict(noisy) == y))
+    # Accuracies are fractions of the 120 images.
+    for column in ("clean", "pgd20", "cw", "pgd20_margin", "pgd20_dlr", "worst_case", "cw_l2"):
+        count = row[column] * (120 if column != "cw_l2" else 20)
+        assert count == pytest.approx(round(count), abs=1e-6), column
     attacks = ("pgd20", "cw", "pgd20_margin", "pgd20_targeted_top3", "pgd20_dlr")
     assert row["worst_case"] <= min(row[a] for a in attacks) + 1e-12
     assert row["worst_case"] <= min(row["autoattack"], row["worst_case_pgd"]) + 1e-12
@@ -81,6 +92,54 @@ def test_masking_gap_exposes_saturated_softmax(linear_digits_model):
     # Attacking CE at the model's own temperature (1e4) removes the masking.
     at_own_t = evaluation.evaluate_model(scaled, 1e4, "digits", config, progress=False)
     assert at_own_t["pgd20"] == pytest.approx(plain["pgd20"], abs=0.05)
+
+
+def _threshold_model(images, training=False):
+    """Class 1 iff pixel (0, 0, 0) > 0.5 (logits (0.5, pixel)); a callable like a Keras model."""
+    pixel = tf.reshape(images[:, 0, 0, 0], [-1, 1])
+    return tf.concat([tf.fill(tf.shape(pixel), 0.5), pixel], axis=-1)
+
+
+@pytest.mark.parametrize("num_correct", [9, 0])
+def test_cw_l2_median_distance_is_over_correct_examples(monkeypatch, num_correct):
+    """The median is numpy's median of the distances of the correctly classified examples.
+
+    C&W is replaced by a stub returning fixed random distances (+inf for one correct
+    example: a failed attack), so the expected numbers come from numpy alone. With 9 of 25
+    examples correct, counting the others as distance 0 would give a median of 0; with none
+    correct the median is NaN.
+    """
+    rng = np.random.default_rng(0)
+    n, eps = 25, 1.0
+    images = rng.uniform(0.0, 1.0, (n, 2, 2, 1)).astype("float32")
+    predicted = (images[:, 0, 0, 0] > 0.5).astype(int)
+    correct = np.zeros(n, bool)
+    correct[rng.permutation(n)[:num_correct]] = True
+    labels = np.where(correct, predicted, 1 - predicted)
+    distance = rng.uniform(0.2, 3.0, n).astype("float32")
+    if num_correct:
+        distance[np.flatnonzero(correct)[0]] = np.inf
+    batches = []
+
+    def fake_cw(model, x, y, **kwargs):
+        x = np.asarray(x)
+        index = [int(np.flatnonzero((images == row).all(axis=(1, 2, 3)))[0]) for row in x]
+        batches.append(index)
+        l2 = distance[index]
+        return attacks.CWResult(tf.constant(x), tf.constant(l2), tf.constant(np.isfinite(l2)))
+
+    monkeypatch.setattr(evaluation.attacks_lib, "carlini_wagner_l2", fake_cw)
+    out = evaluation.cw_l2_accuracy(
+        _threshold_model, images, labels, eps, 2, 10, 1e-2, jit_compile=False, batch_size=7
+    )
+    assert sum(batches, []) == list(range(n)) and len(batches) == 4
+    np.testing.assert_array_equal(evaluation.predict_labels(_threshold_model, images), predicted)
+    assert out["cw_l2"] == pytest.approx(np.mean(correct & (distance > eps)))
+    if num_correct:
+        assert out["cw_l2_median_distance"] == pytest.approx(np.median(distance[correct]))
+        assert 0 < out["cw_l2_median_distance"] < np.inf
+    else:
+        assert np.isnan(out["cw_l2_median_distance"])
 
 
 def test_tiny_sweep_writes_table_and_resumes(tmp_path):

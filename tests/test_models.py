@@ -163,3 +163,29 @@ def test_bad_model_arguments():
     with pytest.raises(FileNotFoundError, match="weights"):
         build_model("vit_tiny", 3, (16, 16, 3), weights_path="/nonexistent/vit.npz")
     assert set(MODELS) >= {"resnet50_cifar", "vit_s16", "resnet50_hub", "small_cnn"}
+
+
+def test_attention_temperature_survives_saving(tmp_path):
+    """get_config, a .keras file and the SavedModel export all keep the attention temperature."""
+    import keras
+    import tensorflow as tf
+
+    from tempscale_tf.export import export_saved_model, load_saved_model
+
+    model = build_model("vit_tiny", 10, (16, 16, 3), attention_temperature=5.0)
+    x = np.random.default_rng(0).uniform(size=(4, 16, 16, 3)).astype("float32")
+    logits = model(x).numpy()
+    plain = build_model("vit_tiny", 10, (16, 16, 3))
+    plain.set_weights(model.get_weights())
+    assert np.abs(plain(x).numpy() - logits).max() > 1e-2  # the setting matters here
+    assert model.get_config()["attention_temperature"] == 5.0
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert loaded.attention_temperature == 5.0
+    np.testing.assert_allclose(loaded(x).numpy(), logits, rtol=1e-5, atol=1e-5)
+    export_saved_model(model, str(tmp_path / "export"), 1.0)
+    serve, _ = load_saved_model(tmp_path / "export")
+    out = serve(images=tf.constant(x))["logits"].numpy()
+    np.testing.assert_allclose(out, logits, rtol=1e-5, atol=1e-5)
+    again = keras.saving.load_model(tmp_path / "export" / "model.keras")
+    np.testing.assert_allclose(again(x).numpy(), logits, rtol=1e-5, atol=1e-5)

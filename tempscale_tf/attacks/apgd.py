@@ -232,8 +232,13 @@ def apgd_checkpoints(steps: int) -> list[int]:
     return points
 
 
-def _apgd_segments(steps, checkpoints):
-    """(length, first iteration, check at the end) per segment of the APGD loop."""
+def _apgd_segments(steps):
+    """(length, first iteration, check at the end) per segment of the APGD loop.
+
+    The segments end at the checkpoints of `apgd_checkpoints(steps)` (where the step-size
+    rule is applied) and at `steps`.
+    """
+    checkpoints = apgd_checkpoints(steps)
     bounds = list(checkpoints) + ([steps] if not checkpoints or checkpoints[-1] < steps else [])
     segments, start = [], 0
     for end in bounds:
@@ -372,9 +377,10 @@ def _build_apgd_segment(model, item_shape, norm, loss, targeted, eot, jit_compil
 
         _, s = tf.while_loop(lambda i, _: i < length, body, (tf.constant(0), dict(state)))
 
-        # Checkpoint: halve the step where (1) at most a fraction rho of the segment's steps
-        # increased the loss, or (2) the step was not halved at the previous checkpoint and
-        # the best loss did not improve since; those examples restart from their best point.
+        # Checkpoint: halve the step where (1) fewer than a fraction rho of the segment's steps
+        # increased the loss (the paper's strict "<"; the reference code has "<="), or (2) the
+        # step was not halved at the previous checkpoint and the best loss did not improve
+        # since; those examples restart from their best point (their loss becomes the best).
         oscillating = s["increases"] < rho * tf.cast(length, tf.float32)
         stalled = tf.logical_and(
             tf.logical_not(s["reduced_last"]), s["loss_best_last"] >= s["loss_best"]
@@ -443,7 +449,7 @@ def _apgd_runs(model, x, y, target_sets, settings: _APGDSettings, seed: int, ear
     eot_iter = tf.constant(s.eot_iter, tf.int32)
     segments = [
         tuple(tf.constant(v, dtype) for v, dtype in zip(seg, (tf.int32, tf.int32, tf.bool)))
-        for seg in _apgd_segments(s.steps, apgd_checkpoints(s.steps))
+        for seg in _apgd_segments(s.steps)
     ]
     step = lambda state, seg: segment(state, eps, rho, temperature, eot_iter, *seg)
     finished = (lambda state: state["fooled"]) if early_stop else None

@@ -5,8 +5,8 @@ stop it. Each query changes the current perturbation on a random square window (
 example) and keeps the change only if the loss improves. The window side follows a schedule
 that shrinks it as the attack proceeds. L-inf: the window is set to +-eps per channel (a
 vertex of the ball); the start is vertical stripes of +-eps. L2: mass is moved from a second
-window into the first one with the "centred square" pattern of the paper, and the whole
-perturbation is kept at norm eps.
+window into the first one with the "centred square" pattern of the paper, channel by channel
+(Algorithm 3), and the whole perturbation is kept at norm eps.
 
 Images must be `[batch, height, width, channels]` (channels last, as Keras).
 """
@@ -182,6 +182,50 @@ def _l2_start(seed, index, item_shape):
     return tf.where(inside, values[..., None] * per_pixel(signs), 0.0)
 
 
+def _l2_update(x, x_best, corners, side, direction, eps):
+    """One L2 proposal of Square Attack (the paper's Algorithm 3), given its random draws.
+
+    With `nu = x_best - x`, windows W1 (at `corners[0:2]`) and W2 (at `corners[2:4]`) of side
+    `side`, and `eps_unused^2 = max(eps^2 - ||nu||^2, 0)`, each channel i is updated on its
+    own: nu on W2 is set to 0, and nu on W1 becomes
+    `t / ||t|| * sqrt(||nu_{W1 u W2, i}||^2 + eps_unused^2 / c)` where
+    `t = direction_{W1, i} + nu_{W1, i} / ||nu_{W1, i}||`. All the norms are per channel, as
+    in the paper; the window norm too, which the reference code (fra31/auto-attack) takes over
+    all channels: that puts about sqrt(c) times the intended energy into W1 and leans on the
+    final rescaling. Per channel, the new perturbation has norm eps already (the energy of
+    W1 u W2 plus the unused budget); it is still rescaled to eps against float drift, as in
+    the reference, and `x + nu` is clipped to [0, 1].
+
+    Args:
+      x, x_best: the clean images and the current best points, `[batch, h, w, c]`.
+      corners: (top, left, top2, left2), int32 `[batch]` each: the windows' top-left pixels.
+      side: the windows' side, int32 scalar.
+      direction: `[batch, h, w, c]`, zero outside W1: the centred-square pattern (unit L2
+        norm) times a random sign per channel.
+      eps: the L2 radius.
+
+    Returns:
+      float32 `[batch, h, w, c]`, the proposal.
+    """
+    height, width = x.shape[1], x.shape[2]
+    channels = x.shape[3]
+    top, left, top2, left2 = corners
+    window = _window_mask(top, left, side, height, width)
+    window2 = _window_mask(top2, left2, side, height, width)
+    delta = x_best - x
+    in_window = lambda v, mask: tf.where(mask, v, 0.0)
+    channel_norm = lambda v: tf.sqrt(tf.reduce_sum(tf.square(v), axis=[1, 2], keepdims=True))
+    norm_image = per_example(lp_norm(delta, "l2"), 4)
+    norm_windows = channel_norm(in_window(delta, tf.logical_or(window, window2)))
+    old = in_window(delta, window)
+    new = direction + old / (1e-12 + channel_norm(old))
+    budget = tf.maximum(eps**2 - tf.square(norm_image), 0.0) / channels
+    new = new / (1e-12 + channel_norm(new)) * tf.sqrt(budget + tf.square(norm_windows))
+    delta = tf.where(window, new, tf.where(window2, 0.0, delta))
+    delta = eps * delta / (1e-12 + per_example(lp_norm(delta, "l2"), 4))
+    return tf.clip_by_value(x + delta, 0.0, 1.0)
+
+
 def _mix(h):
     """The "lowbias32" integer hash (C. Wellons): a bijection of uint32 with good avalanche."""
     h = tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, 16)) * tf.constant(
@@ -262,28 +306,17 @@ def _build_square(model, item_shape, norm, loss, jit_compile):
         return tf.reshape(new, tf.shape(s["x"]))
 
     def l2_proposal(s, u, signs, side, eps):
-        x, x_best = s["x"], s["x_best"]
-        delta = x_best - x
-        top, left = _random_corner(u[:, 0], side, height), _random_corner(u[:, 1], side, width)
-        top2, left2 = _random_corner(u[:, 2], side, height), _random_corner(u[:, 3], side, width)
-        window = _window_mask(top, left, side, height, width)
-        window2 = _window_mask(top2, left2, side, height, width)
-        in_window = lambda v, mask: tf.where(mask, v, 0.0)
-        channel_norm = lambda v: tf.sqrt(tf.reduce_sum(tf.square(v), axis=[1, 2], keepdims=True))
-        norm_image = per_example(lp_norm(delta, "l2"), 4)
-        norm_windows = per_example(
-            lp_norm(in_window(delta, tf.logical_or(window, window2)), "l2"), 4
-        )
-        old = in_window(delta, window)
+        corners = [_random_corner(u[:, k], side, n) for k, n in enumerate(item_shape[:2] * 2)]
         pattern = _place(
-            _square_pattern(side, min(height, width)), top, left, u[:, 4] < 0.5, side, height, width
+            _square_pattern(side, min(height, width)),
+            corners[0],
+            corners[1],
+            u[:, 4] < 0.5,
+            side,
+            height,
+            width,
         )
-        new = pattern * signs + old / (1e-12 + channel_norm(old))
-        budget = tf.maximum(eps**2 - tf.square(norm_image), 0.0) / channels
-        new = new / (1e-12 + channel_norm(new)) * tf.sqrt(budget + tf.square(norm_windows))
-        delta = tf.where(window, new, tf.where(window2, 0.0, delta))
-        delta = eps * delta / (1e-12 + per_example(lp_norm(delta, "l2"), 4))
-        return tf.clip_by_value(x + delta, 0.0, 1.0)
+        return _l2_update(s["x"], s["x_best"], corners, side, pattern * signs, eps)
 
     proposal = linf_proposal if norm == "linf" else l2_proposal
     minimum_side = 1 if norm == "linf" else 3

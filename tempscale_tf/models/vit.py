@@ -37,6 +37,33 @@ class ClassToken(keras.layers.Layer):
         return (input_shape[0], input_shape[-1])
 
 
+@keras.saving.register_keras_serializable(package="tempscale_tf")
+class ViTClassifier(keras.Model):
+    """A functional ViT classifier that keeps its attention temperature through saving.
+
+    The attention temperature is not a weight: it lives in each attention layer's query scale
+    (see `set_attention_temperature`). This model records it in `get_config()` and applies it
+    again in `from_config()`, so `.keras` files and the SavedModel export (traced from the
+    model) keep it.
+
+    Args:
+      *args, **kwargs: `keras.Model`'s functional arguments (`inputs`, `outputs`, `name`).
+      attention_temperature: divides the attention logits; 1.0 is the standard ViT.
+    """
+
+    def __init__(self, *args, attention_temperature=1.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.attention_temperature = check_temperature(
+            attention_temperature, "attention_temperature"
+        )
+        set_attention_temperature(self.get_layer(BACKBONE_NAME), self.attention_temperature)
+
+    def get_config(self):
+        config = super().get_config()
+        config["attention_temperature"] = self.attention_temperature
+        return config
+
+
 def set_attention_temperature(backbone, temperature: float) -> None:
     """Scale every attention layer's logits by `1 / (temperature * sqrt(d_head))`.
 
@@ -147,13 +174,14 @@ def _vit(
             load_big_vision_npz(backbone, weights_path)
         else:
             backbone.load_weights(weights_path)
-    if attention_temperature != 1.0:
-        set_attention_temperature(backbone, attention_temperature)
     tokens = backbone(x)
     features = ClassToken(name="features")(tokens)
-    model = keras.Model(inputs, logits_head(features, num_classes), name=name)
-    model.attention_temperature = check_temperature(attention_temperature, "attention_temperature")
-    return model
+    return ViTClassifier(
+        inputs,
+        logits_head(features, num_classes),
+        name=name,
+        attention_temperature=attention_temperature,
+    )
 
 
 def vit_s16(

@@ -1,0 +1,47 @@
+"""The entry scripts' shared flag handling (tempscale_tf.cli) and launcher outputs."""
+
+import json
+
+import pytest
+from conftest import run_launcher
+
+
+def test_top_level_flag_wins_over_config_flag(tmp_path):
+    """`--temperature` overrides `--config.temperature`, whichever comes first. (validate_config
+    checks the temperature before the epochs, so the error says which value was used.)"""
+    smoke = ["--config=configs/digits_small.py:smoke", f"--workdir={tmp_path}"]
+    result = run_launcher("train", *smoke, "--config.temperature=5", "--temperature=-7")
+    assert result.returncode == 2 and "received -7" in result.stderr
+    result = run_launcher(
+        "train", *smoke, "--temperature=7", "--config.temperature=-5", "--epochs=0"
+    )
+    assert result.returncode == 2 and "epochs" in result.stderr and "-5" not in result.stderr
+    result = run_launcher("train", *smoke, "--config.temperature=-5")
+    assert result.returncode == 2 and "received -5" in result.stderr
+
+
+def test_train_max_steps_does_not_claim_metrics(tmp_path):
+    """A --max_steps stop says it stopped; it does not claim a metrics.json it did not write."""
+    flags_ = ["--config=configs/digits_small.py:smoke", f"--workdir={tmp_path}", "--progress=false"]
+    result = run_launcher("train", *flags_, "--max_steps=3", "--config.model_kwargs.width=4")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Stopped at step 3" in result.stdout
+    assert "metrics.json" not in result.stdout and not (tmp_path / "metrics.json").exists()
+    result = run_launcher("train", *flags_, "--config.model_kwargs.width=4")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"Wrote {tmp_path / 'metrics.json'}" in result.stdout
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["steps"] == 2 * (1437 // 128)
+
+
+@pytest.mark.parametrize("env", [{}, {"TEMPSCALE_TRACEBACK": "1"}])
+def test_user_error_traceback_only_on_request(tmp_path, env):
+    result = run_launcher(
+        "train",
+        "--config=configs/digits_small.py:smoke",
+        "--lr=-1",
+        f"--workdir={tmp_path}",
+        env=env,
+    )
+    assert result.returncode != 0
+    assert ("Traceback" in result.stderr) == bool(env)
