@@ -11,6 +11,7 @@ from tempscale_tf.training import default_config
 
 def get_config(arg=None):
     c = default_config()
+    c.mixed_precision = False  # the committed tables were made in float32
     c.dataset = "cifar10"
     c.data_dir = "../shared/data"
     c.model = "resnet20_cifar"

@@ -21,6 +21,7 @@ from tempscale_tf.training import default_config
 def get_config(arg=None):
     c = ml_collections.ConfigDict()
     c.train = default_config()
+    c.train.mixed_precision = False  # the committed tables were made in float32
     c.train.data_dir = "../shared/data"
     c.train.model = "resnet20_cifar"
     c.train.train_subset = 8000

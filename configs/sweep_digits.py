@@ -14,6 +14,7 @@ from tempscale_tf.training import default_config
 def get_config(arg=None):
     c = ml_collections.ConfigDict()
     c.train = default_config()
+    c.train.mixed_precision = False  # the committed tables were made in float32
     c.train.model = "small_cnn"
     c.train.epochs = 30
     c.train.lr = 0.05

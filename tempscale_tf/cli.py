@@ -14,6 +14,8 @@ import os
 from absl import flags
 
 _OVERRIDES: dict[str, str] = {}
+# Fields that take true, false or "auto" (a string flag; "true"/"false" become booleans).
+_BOOL_OR_AUTO = ("mixed_precision",)
 
 
 def command_line() -> str:
@@ -98,6 +100,8 @@ def apply_config_overrides(config, flag_values=flags.FLAGS):
         if value is None:
             continue
         default = config[key]
+        if key in _BOOL_OR_AUTO and str(value).lower() in ("true", "false", "1", "0"):
+            value = str(value).lower() in ("true", "1")
         if isinstance(default, tuple):
             value = tuple(type(default[0])(v) if default else float(v) for v in value)
         with config.unlocked() if hasattr(config, "unlocked") else _null():

@@ -367,19 +367,21 @@ def info(name: str, data_dir=None) -> DatasetInfo:
 # ---------------------------------------------------------------------------------- pipeline
 
 
-def augment_batch(images, seed, padding: int = 4, flip: bool = True):
-    """Random crop with zero padding and random horizontal flip, per example, stateless.
+def augment_batch(images, seed, padding: int = 4, flip: bool = True, pad_mode="constant"):
+    """Random crop after padding and random horizontal flip, per example, stateless.
 
     Args:
       images: float32 [B, H, W, C].
       seed: int32/int64 tensor of shape [2] (stateless RNG seed).
-      padding: pixels of zero padding before the random crop (0 disables cropping).
+      padding: pixels of padding before the random crop (0 disables cropping).
       flip: whether to flip horizontally with probability 1/2.
+      pad_mode: "constant" (zeros) or "reflect".
     """
     batch = tf.shape(images)[0]
     height, width = images.shape[1], images.shape[2]
     if padding:
-        padded = tf.pad(images, [[0, 0], [padding, padding], [padding, padding], [0, 0]])
+        mode = {"constant": "CONSTANT", "reflect": "REFLECT"}[pad_mode]
+        padded = tf.pad(images, [[0, 0], [padding, padding], [padding, padding], [0, 0]], mode)
         offsets = tf.random.stateless_uniform(
             [batch, 2], seed=seed, minval=0, maxval=2 * padding + 1, dtype=tf.int32
         )
@@ -407,6 +409,9 @@ def load(
     subset=None,
     drop_remainder=None,
     prefetch: bool = True,
+    padding=None,
+    pad_mode: str = "constant",
+    flip="random",
 ) -> tf.data.Dataset:
     """A batched, prefetched dataset of (images float32 [B,H,W,C] in [0, 1], labels int32 [B]).
 
@@ -420,6 +425,12 @@ def load(
       skip_batches: start the epoch after this many batches (to resume mid-epoch).
       subset: keep only this many examples (a fixed seeded, class-agnostic sample of the split).
       prefetch: add `prefetch(AUTOTUNE)`.
+      padding: crop padding in pixels (None: the dataset's default; 0: no crop).
+      pad_mode: "constant" (zeros) or "reflect" padding for the crop.
+      flip: "random" (each image with probability 1/2, anew each epoch), "alternate" (a fixed
+        random half of the images is flipped in even epochs and the other half in odd ones, so
+        every image is seen both ways every two epochs; airbench's "alternating flip") or
+        "none". Datasets without flips (digits) never flip.
     """
     from tempscale_tf.validation import check_positive_int
 
@@ -437,7 +448,17 @@ def load(
     augment = training if augment is None else augment
     drop_remainder = training if drop_remainder is None else drop_remainder
 
+    if flip not in ("random", "alternate", "none"):
+        raise ValueError(f"flip must be 'random', 'alternate' or 'none', received {flip!r}")
+    if pad_mode not in ("constant", "reflect"):
+        raise ValueError(f"pad_mode must be 'constant' or 'reflect', received {pad_mode!r}")
+    padding = ds_info.crop_padding if padding is None or padding < 0 else int(padding)
+    flip = flip if ds_info.flip else "none"
     n = len(labels)
+    flipped = None
+    if flip == "alternate":  # per image: flipped in this epoch?
+        first = np.random.default_rng([seed, 2**31 - 1]).random(n) < 0.5
+        flipped = tf.constant(first ^ bool(epoch % 2))
     order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
     scale = 1.0 / 255.0 if images.dtype == np.uint8 else 1.0
     images_t = tf.constant(images)
@@ -450,7 +471,10 @@ def load(
             batch_seed = tf.stack(
                 [tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64) * 1_000_003 + batch_index]
             )
-            x = augment_batch(x, batch_seed, ds_info.crop_padding, ds_info.flip)
+            x = augment_batch(x, batch_seed, padding, flip == "random", pad_mode)
+            if flipped is not None:
+                coin = tf.gather(flipped, idx)
+                x = tf.where(coin[:, None, None, None], tf.reverse(x, axis=[2]), x)
         return x, y
 
     ds = tf.data.Dataset.from_tensor_slices(order.astype(np.int64))

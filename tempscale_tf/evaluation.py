@@ -40,6 +40,7 @@ from tempscale_tf.validation import check_temperature
 # The paper's column order, then the diagnostics.
 MAIN_COLUMNS = ("clean", "corruption", "pgd20", "cw")
 DIAGNOSTIC_COLUMNS = (
+    "clean_attacked",
     "pgd20_ce_t1",
     "pgd20_margin",
     "pgd20_targeted_top3",
@@ -60,6 +61,9 @@ def default_eval_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.split = "test"
     c.num_examples = 1000  # first n of a fixed seeded sample of the test split; 0 -> all
+    # `clean` on how many examples: -1 -> the same num_examples as the attacks, 0 -> the whole
+    # split. When it differs, `clean_attacked` is the clean accuracy on the attacked examples.
+    c.clean_examples = -1
     c.batch_size = 250
     c.eps = 8 / 255
     c.step_size = 2 / 255
@@ -264,7 +268,18 @@ def evaluate_model(model, temperature, dataset, config=None, data_dir=None, prog
     start = time.time()
     images, labels = subset_arrays(dataset, config.split, data_dir, config.num_examples)
     row = {"clean": float(np.mean(predict_labels(model, images) == labels))}
-    logging.info("clean accuracy %.4f on %d examples", row["clean"], len(labels))
+    clean_n = config.get("clean_examples", -1)
+    if clean_n >= 0 and clean_n != config.num_examples:
+        row["clean_attacked"] = row["clean"]
+        all_x, all_y = subset_arrays(dataset, config.split, data_dir, clean_n)
+        row["clean"] = float(np.mean(predict_labels(model, all_x) == all_y))
+        row["eval/clean_examples"] = int(len(all_y))
+        logging.info("clean accuracy %.4f on %d examples", row["clean"], len(all_y))
+    logging.info(
+        "clean accuracy %.4f on the %d attacked examples",
+        row.get("clean_attacked", row["clean"]),
+        len(labels),
+    )
 
     if names:
         severities = [int(s) for s in str(config.severities).split(",")]

@@ -7,12 +7,12 @@ import math
 import keras
 import tensorflow as tf
 
-SCHEDULES = ("cosine", "step", "constant")
+SCHEDULES = ("cosine", "step", "constant", "triangle")
 
 
 @keras.saving.register_keras_serializable(package="tempscale_tf")
 class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up to `base_lr`, then cosine decay to 0, step decay, or constant.
+    """Linear warm-up to `base_lr`, then cosine decay to 0, step decay, constant, or triangle.
 
     Args:
       base_lr: peak learning rate.
@@ -22,10 +22,20 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
       milestones: for "step", fractions of `total_steps` at which the rate is multiplied by
         `gamma` (e.g. (0.5, 0.75)).
       gamma: step-decay factor.
+      triangle: for "triangle", `(start, peak, end)`: the rate rises linearly from
+        `start * base_lr` at step 0 to `base_lr` at step `peak * total_steps`, then falls
+        linearly to `end * base_lr` at `total_steps` (airbench's schedule: (0.2, 0.23, 0.07)).
     """
 
     def __init__(
-        self, base_lr, total_steps, warmup_steps=0, kind="cosine", milestones=(0.5, 0.75), gamma=0.1
+        self,
+        base_lr,
+        total_steps,
+        warmup_steps=0,
+        kind="cosine",
+        milestones=(0.5, 0.75),
+        gamma=0.1,
+        triangle=(0.2, 0.23, 0.07),
     ):
         if kind not in SCHEDULES:
             raise ValueError(f"Unknown schedule {kind!r}; choose one of {SCHEDULES}")
@@ -42,6 +52,14 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
             raise ValueError(
                 f"warmup_steps must be in [0, total_steps={total_steps}], received {warmup_steps}"
             )
+        triangle = tuple(float(t) for t in triangle)
+        if kind == "triangle" and not (
+            len(triangle) == 3 and 0 < triangle[1] < 1 and min(triangle[0], triangle[2]) >= 0
+        ):
+            raise ValueError(
+                f"triangle must be (start >= 0, peak in (0, 1), end >= 0), received {triangle}"
+            )
+        self.triangle = triangle
         self.base_lr = float(base_lr)
         self.total_steps = max(int(total_steps), 1)
         self.warmup_steps = int(warmup_steps)
@@ -56,6 +74,13 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
             span = float(max(self.total_steps - self.warmup_steps, 1))
             progress = tf.clip_by_value((step - self.warmup_steps) / span, 0.0, 1.0)
             lr = lr * 0.5 * (1.0 + tf.cos(math.pi * progress))
+        elif self.kind == "triangle":
+            start, peak, end = self.triangle
+            top = peak * self.total_steps
+            rising = start + (1.0 - start) * step / top
+            last = tf.minimum(step, float(self.total_steps))
+            falling = 1.0 + (end - 1.0) * (last - top) / (self.total_steps - top)
+            lr = lr * tf.where(step <= top, rising, falling)
         elif self.kind == "step":
             for m in self.milestones:
                 lr = tf.where(step >= m * self.total_steps, lr * self.gamma, lr)
@@ -73,4 +98,5 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
             kind=self.kind,
             milestones=self.milestones,
             gamma=self.gamma,
+            triangle=self.triangle,
         )

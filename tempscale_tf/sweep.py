@@ -7,11 +7,22 @@ A sweep config (`configs/sweep_*.py`) is a `ConfigDict` with:
   - `datasets`, `temperatures`, `seeds`: the grid;
   - `table_dir`: where `<table_prefix>_<dataset>_<model>.{csv,md}` go (`table_prefix` defaults
     to "table1"); `notes`: how the setting differs from the paper (written under the table).
+  - optional `extra_cells`: `(temperature, seed)` pairs run after the grid (e.g. a second seed
+    at two temperatures only), for every dataset;
+  - optional `results_dir`: a folder kept in the repository (e.g. `tables/runs/<sweep>`). Each
+    finished cell's `config.json`, `history.json`, `metrics.json` and `eval.json` are copied to
+    `<results_dir>/<cell>/`, and a cell whose results are there (with the same training and
+    evaluation settings) is not trained or evaluated again, on any machine. The run folders
+    (checkpoints) stay under the sweep's workdir: a cell killed half-way resumes from its
+    checkpoint on the same machine and restarts from scratch on a new one;
+  - optional `reference_rows`: rows (dicts with a `source` key) printed under ours, e.g. the
+    paper's numbers.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 
 import pandas as pd
@@ -48,8 +59,52 @@ def _eval_settings(eval_config) -> dict:
     return {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in eval_config.items()}
 
 
-def run_cell(config, eval_config, workdir, progress=False) -> dict:
-    """Train (or resume) one cell, evaluate it unless `eval.json` holds the same settings."""
+RESULT_FILES = ("config.json", "history.json", "metrics.json", "eval.json")
+
+
+def committed_row(config, eval_config, results) -> dict | None:
+    """The committed `eval.json` row of a cell in `results`, if its training and evaluation
+    settings match `config` and `eval_config`; else None (a mismatch is logged)."""
+    path = os.path.join(results, "eval.json")
+    if not all(os.path.exists(os.path.join(results, f)) for f in RESULT_FILES):
+        return None
+    row = read_json(path)
+    if row.get("eval_settings") != _eval_settings(eval_config):
+        logging.info("%s: committed with other evaluation settings; recomputing", results)
+        return None
+    try:
+        training.check_resume_config(results, config)
+    except ValueError as e:
+        logging.info("%s: committed with other training settings (%s); recomputing", results, e)
+        return None
+    return row
+
+
+def _commit_results(workdir, results) -> None:
+    os.makedirs(results, exist_ok=True)
+    for name in RESULT_FILES:
+        tmp = os.path.join(results, f".{name}.tmp")
+        shutil.copyfile(os.path.join(workdir, name), tmp)
+        os.replace(tmp, os.path.join(results, name))
+
+
+def run_cell(config, eval_config, workdir, progress=False, results=None) -> dict:
+    """Train (or resume) one cell, evaluate it unless `eval.json` holds the same settings.
+
+    With `results` (a folder kept in the repository), a cell committed there with the same
+    settings is returned as it is, and a newly finished cell is copied there.
+    """
+    if results:
+        row = committed_row(config, eval_config, results)
+        if row is not None:
+            return row
+    row = _run_cell(config, eval_config, workdir, progress)
+    if results:
+        _commit_results(workdir, results)
+    return row
+
+
+def _run_cell(config, eval_config, workdir, progress=False) -> dict:
     eval_path = os.path.join(workdir, "eval.json")
     settings = _eval_settings(eval_config)
     if os.path.exists(eval_path):
@@ -63,8 +118,13 @@ def run_cell(config, eval_config, workdir, progress=False) -> dict:
     if os.path.exists(os.path.join(workdir, "metrics.json")):
         training.check_resume_config(workdir, config)  # a finished cell must match the grid
     else:
-        training.train(config, workdir, progress=progress)
+        try:
+            training.train(config, workdir, progress=progress)
+        except training.TrainingDivergedError as e:
+            return _diverged_row(config, workdir, settings, e)
     train_metrics = read_json(os.path.join(workdir, "metrics.json"))
+    if "diverged" in train_metrics:
+        return read_json(eval_path)
     model, _ = training.load_run(workdir)
     row = evaluation.evaluate_model(
         model,
@@ -77,8 +137,25 @@ def run_cell(config, eval_config, workdir, progress=False) -> dict:
     row.update({k: config[k] for k in ROW_SETTINGS})
     row["train/accuracy"] = train_metrics.get("train/accuracy")
     row["train/loss"] = train_metrics.get("train/loss")
+    row["train/seconds"] = train_metrics.get("train/total_seconds")
     row["eval_settings"] = settings
     atomic_write_json(eval_path, row)
+    return row
+
+
+def _diverged_row(config, workdir, settings, error) -> dict:
+    """Record a cell whose training diverged (a row with its status and no accuracies)."""
+    logging.warning("%s: %s", workdir, error)
+    message = f"diverged: {str(error).split('. ')[0]}"
+    row = {k: config[k] for k in ROW_SETTINGS}
+    row.update({"status": message, "eval_settings": settings})
+    history = os.path.join(workdir, "history.json")
+    if not os.path.exists(history):
+        atomic_write_json(history, [])
+    if not os.path.exists(os.path.join(workdir, "config.json")):
+        atomic_write_json(os.path.join(workdir, "config.json"), training._config_dict(config))
+    atomic_write_json(os.path.join(workdir, "metrics.json"), {"diverged": message})
+    atomic_write_json(os.path.join(workdir, "eval.json"), row)
     return row
 
 
@@ -128,6 +205,11 @@ def assemble_tables(rows, sweep_config, command) -> list[str]:
         prefix = sweep_config.get("table_prefix", "table1")
         stem = os.path.join(sweep_config.table_dir, f"{prefix}_{dataset}_{model}")
         summary = tables.mean_std(group, "temperature", columns, digits=3)
+        if "status" in group and group["status"].notna().any():
+            status = group.groupby("temperature")["status"].agg(
+                lambda v: "; ".join(sorted(set(v.dropna()))) or "ok"
+            )
+            summary["status"] = summary["temperature"].map(status).fillna("ok")
         settings = {
             "dataset": dataset,
             "model": model,
@@ -169,9 +251,20 @@ def assemble_tables(rows, sweep_config, command) -> list[str]:
             "accuracy at the L2 radius), cw_l2_median_distance. "
             "Values: mean ± std over seeds (n = seeds).",
         ]
-        tables.write_table(
-            summary.to_dict("records"), stem, command=command, settings=settings, notes=notes
-        )
+        if "train/seconds" in group and group["train/seconds"].notna().any():
+            times = "; ".join(
+                f"T={r.temperature:g} s{int(r.seed)}: {r['train/seconds'] / 60:.1f} / "
+                f"{r['eval/seconds'] / 60:.1f}"
+                for _, r in group.sort_values(["temperature", "seed"]).iterrows()
+                if pd.notna(r.get("train/seconds"))
+            )
+            notes.append(f"Wall time per cell, training / evaluation (minutes): {times}.")
+        records = summary.to_dict("records")
+        references = list(sweep_config.get("reference_rows", ()))
+        if references:
+            records = [{"source": "ours", **r} for r in records]
+            records += [dict(r) for r in references]
+        tables.write_table(records, stem, command=command, settings=settings, notes=notes)
         per_run = group.sort_values(["temperature", "seed"])
         per_run.to_csv(stem + "_runs.csv", index=False)
         paths += [stem + ".csv", stem + ".md", stem + "_runs.csv"]
@@ -199,17 +292,29 @@ def run_sweep(sweep_config, root, command="", progress=False, max_cells=None) ->
         for d in sweep_config.datasets
         for t in sweep_config.temperatures
     ]
+    for t, s in sweep_config.get("extra_cells", ()):
+        check_temperature(t)
+        cells += [(d, float(t), int(s)) for d in sweep_config.datasets]
+    cells = list(dict.fromkeys(cells))
+    results_root = sweep_config.get("results_dir", "")
     rows, paths, new = [], [], 0
     start = time.time()
     for i, (dataset, temperature, seed) in enumerate(cells):
         config = _cell_config(sweep_config.train, dataset, temperature, seed)
         workdir = cell_dir(root, dataset, config.model, temperature, seed)
-        finished = os.path.exists(os.path.join(workdir, "eval.json"))
+        results = (
+            cell_dir(results_root, dataset, config.model, temperature, seed)
+            if results_root
+            else None
+        )
+        finished = os.path.exists(os.path.join(workdir, "eval.json")) or (
+            results is not None and committed_row(config, sweep_config.eval, results) is not None
+        )
         if max_cells is not None and new >= max_cells and not finished:
             logging.info("max_cells=%d reached; rerun to continue", max_cells)
             break
         logging.info("cell %d/%d: %s T=%g seed=%d", i + 1, len(cells), dataset, temperature, seed)
-        row = run_cell(config, sweep_config.eval, workdir, progress)
+        row = run_cell(config, sweep_config.eval, workdir, progress, results)
         rows.append(row)
         new += 0 if finished else 1
         paths = assemble_tables(rows, sweep_config, command)

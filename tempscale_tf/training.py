@@ -23,6 +23,8 @@ short schedules at high T can underfit (the paper trains 200 epochs).
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import math
 import os
@@ -40,6 +42,7 @@ from tempscale_tf import data as data_lib
 from tempscale_tf import distribute, models
 from tempscale_tf.errors import CheckpointError, TrainingDivergedError  # noqa: F401 (re-exported)
 from tempscale_tf.files import atomic_write_json, read_json
+from tempscale_tf.lookahead import Lookahead, lookahead_decay
 from tempscale_tf.losses import temperature_cross_entropy
 from tempscale_tf.schedules import WarmupSchedule
 from tempscale_tf.validation import check_positive_int, check_temperature
@@ -91,10 +94,31 @@ def default_config() -> ml_collections.ConfigDict:
     # lr * weight_decay is unchanged). Off by default (the paper uses the same lr at every T).
     c.scale_lr_with_temperature = False
 
+    # Triangular schedule (schedule="triangle"): lr x (start, 1 at peak fraction, end).
+    c.triangle = (0.2, 0.23, 0.07)
+    # Lookahead / EMA of the weights (airbench): from epoch `lookahead_start_epoch` (-1: off),
+    # every `lookahead_every` steps, ema <- rho ema + (1 - rho) w and w <- ema, with
+    # rho = decay_base**every * (step / total_steps)**decay_power; w <- ema at each epoch end.
+    c.lookahead_start_epoch = -1
+    c.lookahead_every = 5
+    c.lookahead_decay_base = 0.95
+    c.lookahead_decay_power = 3.0
+
+    # Augmentation of the training split: random crop after padding by `augment_padding` pixels
+    # (-1: the dataset's default) with `augment_pad_mode` ("constant" zeros or "reflect"), and
+    # horizontal flips: "random" (each image, each epoch), "alternate" (a random flip in epoch
+    # 0, then every image flips each epoch) or "none" (also for datasets without flips).
+    c.augment_padding = -1
+    c.augment_pad_mode = "constant"
+    c.augment_flip = "random"
+
     c.strategy = "auto"
     c.sync_batch_norm = True  # synchronise BN statistics across replicas
     c.jit_compile = ml_collections.config_dict.placeholder(bool)  # None -> on for GPU only
-    c.mixed_precision = False
+    # bfloat16 (CPU) / float16 (GPU) compute for the body; the head and loss stay float32.
+    # "auto": bfloat16 on a CPU with AVX512-BF16 or AMX, float16 on a GPU, else float32. The
+    # resolved choice is what config.json records (a resume elsewhere must resolve the same).
+    c.mixed_precision = ml_collections.FieldReference("auto", field_type=object)
     c.deterministic = False  # tf.config.experimental.enable_op_determinism()
 
     c.checkpoint_every_steps = 0  # 0 -> once per epoch
@@ -126,6 +150,7 @@ class TrainState:
     manager: tf.train.CheckpointManager
     accumulators: dict
     schedule: WarmupSchedule
+    lookahead: Lookahead | None = None
 
 
 def validate_config(config) -> None:
@@ -146,6 +171,24 @@ def validate_config(config) -> None:
         raise ValueError(f"`weight_decay` must be in [0, 1), received {config.weight_decay}")
     if not (0 <= config.momentum < 1):
         raise ValueError(f"`momentum` must be in [0, 1), received {config.momentum}")
+    distribute.resolve_mixed_precision(config.mixed_precision)
+    if config.augment_flip not in ("random", "alternate", "none"):
+        raise ValueError(
+            "augment_flip must be 'random', 'alternate' or 'none', received "
+            f"{config.augment_flip!r}"
+        )
+    if config.augment_pad_mode not in ("constant", "reflect"):
+        raise ValueError(
+            "augment_pad_mode must be 'constant' or 'reflect', received "
+            f"{config.augment_pad_mode!r}"
+        )
+    if config.lookahead_start_epoch >= 0:
+        check_positive_int(config.lookahead_every, "lookahead_every")
+        if not (0 < config.lookahead_decay_base < 1 and config.lookahead_decay_power >= 0):
+            raise ValueError(
+                "lookahead_decay_base must be in (0, 1) and lookahead_decay_power >= 0, received "
+                f"{config.lookahead_decay_base}, {config.lookahead_decay_power}"
+            )
     if config.adv_train:
         from tempscale_tf.adversarial import ADV_LOSSES, ADV_OBJECTIVES
 
@@ -179,7 +222,7 @@ def build_model_from_config(config, strategy=None) -> keras.Model:
     if config.normalize:
         kwargs.setdefault("mean", info.mean)
         kwargs.setdefault("std", info.std)
-    if config.model in ("resnet50_cifar", "resnet20_cifar", "small_cnn"):
+    if config.model in models.SYNC_BN_MODELS:
         # Synchronised BN makes a multi-replica step equal to the single-device step; it needs
         # the replica step outside XLA (a cross-replica merge_call), so it is off with jit.
         replicas = strategy.num_replicas_in_sync if strategy is not None else 1
@@ -210,9 +253,7 @@ def _decayed(variable) -> bool:
 
 
 def _make_state(config, workdir, strategy, total_steps, steps_per_epoch) -> TrainState:
-    policy = None
-    if config.mixed_precision:
-        policy = "mixed_float16" if distribute.gpu_available() else "mixed_bfloat16"
+    policy = distribute.mixed_policy_name() if config.mixed_precision else None
     previous = keras.config.dtype_policy()
     with strategy.scope():
         if policy:
@@ -229,6 +270,7 @@ def _make_state(config, workdir, strategy, total_steps, steps_per_epoch) -> Trai
             config.schedule,
             tuple(config.step_milestones),
             config.step_gamma,
+            tuple(config.triangle),
         )
         optimizer = keras.optimizers.SGD(
             learning_rate=schedule, momentum=config.momentum, nesterov=config.nesterov
@@ -236,20 +278,27 @@ def _make_state(config, workdir, strategy, total_steps, steps_per_epoch) -> Trai
         if policy == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(model.trainable_variables)
+        lookahead = Lookahead(model.variables) if config.lookahead_start_epoch >= 0 else None
+    if config.model in models.DATA_INIT:  # e.g. the whitening kernel (a resume restores it)
+        images, _ = data_lib.load_arrays(config.dataset, config.train_split, _data_dir(config))
+        if config.train_subset:
+            images = images[data_lib.subset_indices(len(images), config.train_subset)]
+        models.DATA_INIT[config.model](model, images)
     # Epoch accumulators live on the host (outside the strategy) and are checkpointed, so a run
     # resumed mid-epoch reports the same epoch metrics as an uninterrupted one.
     accumulators = {
         k: tf.Variable(0.0, trainable=False, dtype=tf.float64, name=k)
         for k in ("loss_sum", "correct", "count", "seconds")
     }
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **accumulators)
+    extra = {"lookahead": lookahead} if lookahead is not None else {}
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **accumulators, **extra)
     manager = tf.train.CheckpointManager(
         checkpoint,
         os.path.join(workdir, "checkpoints"),
         max_to_keep=config.keep_checkpoints,
         step_counter=optimizer.iterations,
     )
-    return TrainState(model, optimizer, checkpoint, manager, accumulators, schedule)
+    return TrainState(model, optimizer, checkpoint, manager, accumulators, schedule, lookahead)
 
 
 def restore_checkpoint(checkpoint: tf.train.Checkpoint, path: str, partial=False) -> None:
@@ -285,6 +334,9 @@ def check_resume_config(workdir, config):
     old = read_json(path)
     new = _config_dict(config)
     defaults = _config_dict(default_config())
+    # A "mixed_precision: auto" is compared as what it resolves to on this machine.
+    for d in (new, defaults):
+        d["mixed_precision"] = distribute.resolve_mixed_precision(d["mixed_precision"])[0]
     diffs = []
     for key in sorted(set(old) | set(new)):
         if key in _RESUME_MAY_CHANGE:
@@ -329,6 +381,10 @@ class _Steps:
         self.config = config
         replicas = strategy.num_replicas_in_sync
         self.decayed = [_decayed(v) for v in self.model.trainable_variables]
+        # Per-layer learning-rate multipliers (models.fast: batch-norm offsets, the head), applied
+        # to the data gradient only: with SGD (+ momentum) that scales the data term's step.
+        multipliers = models.fast.lr_multipliers(self.model)
+        self.multipliers = [multipliers.get(id(v), 1.0) for v in self.model.trainable_variables]
         jit = distribute.resolve_jit_compile(config.jit_compile)
         # XLA needs its own (nested) tf.function; in plain graph mode the replica step is traced
         # inside the outer function, which also allows synchronised batch norm (a merge_call).
@@ -403,9 +459,16 @@ class _Steps:
                 else loss
             )
         grads = tape.gradient(scaled, variables)
+        grads = [
+            g if m == 1.0 else g * tf.cast(m, g.dtype) for g, m in zip(grads, self.multipliers)
+        ]
         if self.weight_decay:
-            # Gradients are summed over replicas: add 1/replicas of the decay on each.
+            # Gradients are summed over replicas: add 1/replicas of the decay on each. Under loss
+            # scaling the gradients are still scaled here (the optimizer unscales them), so the
+            # decay is scaled alike.
             wd = self.weight_decay / self._replicas
+            if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+                wd = wd * tf.cast(self.optimizer.dynamic_scale, tf.float32)
             grads = [
                 g + tf.cast(wd, g.dtype) * tf.cast(v, g.dtype) if d else g
                 for g, v, d in zip(grads, variables, self.decayed)
@@ -507,6 +570,20 @@ def _set_op_determinism(config):
         tf_config.disable_op_determinism()
 
 
+def _resolve_precision(config):
+    """A copy of `config` whose `mixed_precision` is resolved to True/False (logged)."""
+    use, why = distribute.resolve_mixed_precision(config.mixed_precision)
+    config = copy.deepcopy(config)
+    with config.unlocked() if hasattr(config, "unlocked") else contextlib.nullcontext():
+        config.mixed_precision = use
+    logging.info(
+        "Precision: %s (%s)",
+        distribute.mixed_policy_name() if use else "float32",
+        why,
+    )
+    return config
+
+
 def train(config, workdir, strategy=None, progress: bool = True, max_steps=None) -> dict:
     """Train (or resume) a run in `workdir` and return its final metrics.
 
@@ -522,6 +599,7 @@ def train(config, workdir, strategy=None, progress: bool = True, max_steps=None)
       The dict written to `workdir/metrics.json`.
     """
     validate_config(config)
+    config = _resolve_precision(config)
     workdir = str(workdir)
     strategy = strategy or distribute.make_strategy(config.strategy)
     # In a multi-worker cluster only the chief writes the run's files; the other workers save
@@ -615,6 +693,9 @@ def train(config, workdir, strategy=None, progress: bool = True, max_steps=None)
             skip_batches=skip,
             subset=train_subset,
             drop_remainder=True,
+            padding=config.augment_padding,
+            pad_mode=config.augment_pad_mode,
+            flip=config.augment_flip,
         )
         bar = keras.utils.Progbar(
             steps_per_epoch, stateful_metrics=["loss", "accuracy"], verbose=1 if progress else 0
@@ -626,6 +707,20 @@ def train(config, workdir, strategy=None, progress: bool = True, max_steps=None)
             pending.append(steps.train_step(batch))
             steps_done_here += 1
             step = epoch * steps_per_epoch + i + 1
+            if (
+                state.lookahead is not None
+                and epoch >= config.lookahead_start_epoch
+                and step % config.lookahead_every == 0
+            ):
+                state.lookahead.update(
+                    lookahead_decay(
+                        step,
+                        total_steps,
+                        config.lookahead_every,
+                        config.lookahead_decay_base,
+                        config.lookahead_decay_power,
+                    )
+                )
             last = i + 1 == steps_per_epoch
             save_now = (
                 not last
@@ -658,6 +753,8 @@ def train(config, workdir, strategy=None, progress: bool = True, max_steps=None)
                 logging.info("Stopped at step %d (max_steps=%d); rerun to resume.", step, max_steps)
                 return {"stopped_at_step": step}
         skip = 0
+        if state.lookahead is not None:
+            state.lookahead.copy_to_weights()
         acc["seconds"].assign_add(time.time() - epoch_start)
         count = max(float(acc["count"]), 1.0)
         train_metrics = {
@@ -677,6 +774,7 @@ def train(config, workdir, strategy=None, progress: bool = True, max_steps=None)
             "test/accuracy": test_metrics["accuracy"],
             "learning_rate": lr,
             "train/images_per_sec": images_per_sec,
+            "train/seconds": float(acc["seconds"]),
         }
         with train_writer.as_default(step=step):
             tf.summary.scalar("loss", train_metrics["loss"])
@@ -735,6 +833,8 @@ def train(config, workdir, strategy=None, progress: bool = True, max_steps=None)
         "replicas": strategy.num_replicas_in_sync,
         "train_examples": n_train,
         **{k: v for k, v in final.items() if "/" in k},
+        # Wall time of the training steps over all epochs (resumed runs included).
+        "train/total_seconds": float(sum(h.get("train/seconds", 0.0) for h in history)),
         "num_parameters": int(state.model.count_params()),
     }
     if not chief:

@@ -76,6 +76,7 @@ def test_in_step_attack_matches_library_pgd():
 
 def _digits_config(**overrides):
     c = training.default_config()
+    c.mixed_precision = False
     c.model_kwargs.width = 8
     c.train_subset, c.epochs, c.batch_size, c.lr = 0, 6, 64, 0.1
     c.export, c.histogram_examples, c.deterministic = False, 0, True

@@ -293,6 +293,7 @@ def test_calibrate_launcher_end_to_end(tmp_path):
     from tempscale_tf.export import load_saved_model
 
     config = training.default_config()
+    config.mixed_precision = False
     config.model_kwargs.width = 8
     config.train_split = "train[:-300]"  # the calibration split is held out
     # 8 short epochs: about 55% accurate and clearly under-confident (fitted T < 1).

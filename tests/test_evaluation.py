@@ -213,3 +213,57 @@ def test_evaluate_script(tmp_path):
         text=True,
     )
     assert bad.returncode == 2 and "config.json" in bad.stderr
+
+
+def test_sweep_commits_cells_and_skips_them_anywhere(tmp_path, monkeypatch):
+    """Finished cells are copied to `results_dir`; a new machine (no run folders) skips them;
+    extra cells, a diverged cell, clean on the whole split and the reference rows."""
+    import shutil
+
+    import configs.sweep_digits as sweep_digits
+
+    config = sweep_digits.get_config("tiny")
+    config.table_dir = str(tmp_path / "tables")
+    config.results_dir = str(tmp_path / "committed")
+    config.temperatures, config.seeds = [1.0], [0]
+    config.extra_cells = [(1e-6, 0)]  # made to diverge below
+    from tempscale_tf import training
+
+    real_train = training.train
+
+    def train(config, workdir, **kwargs):
+        if config.temperature < 1e-3:
+            raise training.TrainingDivergedError("the training loss is nan at step 2. More.")
+        return real_train(config, workdir, **kwargs)
+
+    monkeypatch.setattr(training, "train", train)
+    config.eval.clean_examples = 0
+    config.reference_rows = [{"source": "paper", "temperature": 1.0, "clean": 0.9}]
+    sweep.run_sweep(config, str(tmp_path / "runs"), command="pytest")
+    cells = sorted(p.name for p in (tmp_path / "committed").iterdir())
+    assert cells == ["digits_small_cnn_t1_s0", "digits_small_cnn_t1e-06_s0"]
+    for cell in cells:
+        assert {p.name for p in (tmp_path / "committed" / cell).iterdir()} == set(
+            sweep.RESULT_FILES
+        )
+    diverged = json.loads((tmp_path / "committed" / cells[1] / "eval.json").read_text())
+    assert diverged["status"] == "diverged: the training loss is nan at step 2"
+    ok = json.loads((tmp_path / "committed" / cells[0] / "eval.json").read_text())
+    assert ok["eval/clean_examples"] == 360 and "clean_attacked" in ok
+    frame = tables.read_table(tmp_path / "tables" / "table1_digits_small_cnn.csv")
+    assert frame["source"].tolist() == ["ours", "ours", "paper"]
+    assert "diverged" in str(frame["status"][0]) and frame["status"][1] == "ok"  # T=1e-6, T=1
+    md = (tmp_path / "tables" / "table1_digits_small_cnn.md").read_text()
+    assert "Wall time per cell" in md
+    # A new machine: no run folders. Nothing is trained or evaluated again.
+    shutil.rmtree(tmp_path / "runs")
+    stamps = {p: p.stat().st_mtime for p in (tmp_path / "committed").rglob("*.json")}
+    sweep.run_sweep(config, str(tmp_path / "runs"), command="pytest")
+    assert not (tmp_path / "runs").exists()
+    assert stamps == {p: p.stat().st_mtime for p in (tmp_path / "committed").rglob("*.json")}
+    # Other training settings: the committed cell no longer counts and is recomputed.
+    config.train.epochs = 2
+    config.extra_cells = []
+    sweep.run_sweep(config, str(tmp_path / "runs"), command="pytest")
+    redone = json.loads((tmp_path / "committed" / cells[0] / "config.json").read_text())
+    assert redone["epochs"] == 2

@@ -19,6 +19,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 def tiny_config(**overrides):
     c = training.default_config()
+    c.mixed_precision = False  # float32 on every machine (the tests compare exact numbers)
     c.dataset, c.model = "digits", "small_cnn"
     c.model_kwargs.width = 4
     c.train_subset, c.test_subset = 256, 64

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import keras
 
+from tempscale_tf.models import fast
 from tempscale_tf.models.common import feature_extractor
 from tempscale_tf.models.resnet_cifar import resnet20_cifar, resnet50_cifar
 from tempscale_tf.models.resnet_hub import resnet50_hub
@@ -24,7 +25,15 @@ MODELS = {
     "vit_s16": vit_s16,
     "vit_tiny": vit_tiny,
     "resnet50_hub": resnet50_hub,
+    "fast_cifar": fast.fast_cifar,
 }
+
+# Models whose builders leave a data-dependent initialisation to the training loop:
+# `DATA_INIT[name](model, train_images)` runs once, before the first step of a new run.
+DATA_INIT = {"fast_cifar": fast.initialize_from_data}
+
+# Models whose builder takes `synchronized_bn` (synchronised batch norm across replicas).
+SYNC_BN_MODELS = ("resnet50_cifar", "resnet20_cifar", "small_cnn", "fast_cifar")
 
 
 def build_model(name: str, num_classes: int, image_shape=(32, 32, 3), **kwargs) -> keras.Model:
@@ -48,4 +57,4 @@ def build_model(name: str, num_classes: int, image_shape=(32, 32, 3), **kwargs) 
     return MODELS[name](num_classes=num_classes, image_shape=image_shape, **kwargs)
 
 
-__all__ = ["MODELS", "build_model", "feature_extractor"]
+__all__ = ["DATA_INIT", "MODELS", "SYNC_BN_MODELS", "build_model", "feature_extractor"]
