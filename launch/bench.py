@@ -180,4 +180,4 @@ def _ratios(frame):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -254,7 +254,9 @@ def test_float16_loss_scaling_keeps_the_weight_decay(tmp_path):
         if policy:
             import unittest.mock
 
-            with unittest.mock.patch.object(distribute, "mixed_policy_name", lambda: policy):
+            with unittest.mock.patch.object(
+                distribute, "mixed_policy_name", lambda: "mixed_float16"
+            ):
                 config.mixed_precision = True
                 state = training._make_state(config, str(tmp_path / "16"), strategy, 1, 1)
         else:
