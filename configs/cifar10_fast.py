@@ -3,8 +3,9 @@ r"""The fast CIFAR-10 recipe (airbench94's, see `tempscale_tf/models/fast.py`) a
   python launch/train.py --config=configs/cifar10_fast.py --temperature=1 \
       --workdir=runs/c10_fast_t1
 
-Full CIFAR-10 (50,000 training images), batch 1024, 10 epochs of Nesterov SGD (momentum 0.85)
-with airbench's triangular learning rate, its decoupled hyper-parameters converted to this
+Full CIFAR-10 (50,000 training images), batch 1024, 12 epochs of Nesterov SGD (momentum 0.85)
+with airbench's triangular learning rate (airbench trains 9.9 epochs; without its label smoothing
+and logit scale, 10 epochs reached 0.9273 here, so two more epochs buy back the difference), its decoupled hyper-parameters converted to this
 library's mean-loss, coupled-decay form (lr 1.5, weight decay 1.33e-3), lookahead/EMA from epoch
 3, alternating flips and 2-pixel reflect-padded translations, bfloat16 where the CPU has it.
 No label smoothing and no hidden logit scale: the temperature is the only thing that divides the
@@ -38,7 +39,7 @@ def get_config(arg=None):
     c.model_kwargs.widths = (64, 256, 256)
     c.temperature = 1.0
     c.label_smoothing = 0.0
-    c.epochs = 10
+    c.epochs = 12
     c.batch_size = BATCH
     c.lr, c.weight_decay = hyperparameters(BATCH)
     c.momentum = MOMENTUM

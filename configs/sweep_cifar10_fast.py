@@ -3,12 +3,12 @@ r"""Table I v2: the fast CIFAR-10 recipe at the paper's temperatures (no adversa
   python launch/sweep.py --config=configs/sweep_cifar10_fast.py --workdir=runs/sweep_c10_fast
 
 The paper's protocol: one learning rate at every T (the recipe's, tuned at T=1). Full CIFAR-10,
-10 epochs of `configs/cifar10_fast.py` per cell, seed 0 at every T and seed 1 at T = 1 and 70.
+12 epochs of `configs/cifar10_fast.py` per cell, seed 0 at every T and seed 1 at T = 1 and 70.
 Clean accuracy on all 10,000 test images; every robustness column (PGD-20 with CE at T and at 1,
 margin, targeted, DLR, AutoAttack standard, the worst case) on 1,000 test images, C&W-L2 on 100.
 
 Finished cells are committed under `tables/runs/table1_v2/` and skipped on any machine, so the
-campaign can span sessions: rerun the same command to continue. About 25 minutes of training per
+campaign can span sessions: rerun the same command to continue. About 30 minutes of training per
 cell on 2 cores with bfloat16, plus the evaluation (see the table's wall-time note).
 `:lr_x_t` is the lr x T protocol (`scale_lr_with_temperature`) for the cells where one learning
 rate does not train; `:smoke` runs one tiny cell on digits.
@@ -70,7 +70,7 @@ def get_config(arg=None):
     ]
     c.notes = [
         "Model: the fast CIFAR-10 recipe (tempscale_tf.models.fast, airbench94's network and "
-        "training, 1.97M parameters, 10 epochs, bfloat16 on this CPU) instead of the paper's "
+        "training, 1.97M parameters, 12 epochs, bfloat16 on this CPU) instead of the paper's "
         "ResNet50 trained for 200 epochs. No label smoothing and no hidden logit scale.",
         "Protocol: one learning rate at every T, as in the paper"
         + (" -- except this table, which scales lr x T." if arg == "lr_x_t" else "."),

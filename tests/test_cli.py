@@ -45,3 +45,41 @@ def test_user_error_traceback_only_on_request(tmp_path, env):
     )
     assert result.returncode != 0
     assert ("Traceback" in result.stderr) == bool(env)
+
+
+def test_time_to_accuracy_table(tmp_path):
+    """Cumulative training minutes and the first epoch at each threshold, from the histories."""
+    run = tmp_path / "run"
+    run.mkdir()
+    config = {"model": "m", "temperature": 1.0, "batch_size": 100, "mixed_precision": True}
+    history = [
+        {"epoch": 0, "step": 10, "test/accuracy": 0.85, "train/images_per_sec": 10.0},
+        {
+            "epoch": 1,
+            "step": 20,
+            "test/accuracy": 0.91,
+            "train/seconds": 60.0,
+            "train/images_per_sec": 1.0,
+        },
+        {
+            "epoch": 2,
+            "step": 30,
+            "test/accuracy": 0.935,
+            "train/seconds": 120.0,
+            "train/images_per_sec": 1.0,
+        },
+    ]
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "history.json").write_text(json.dumps(history))
+    out = tmp_path / "tta"
+    result = run_launcher("time_to_accuracy", f"--workdirs={run}", f"--out={out}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    import pandas as pd
+
+    row = pd.read_csv(f"{out}.csv", comment="#").iloc[0]
+    # epoch 1: 10 steps x 100 images / 10 img/s = 100 s; then +60 s, +120 s.
+    assert row["training_minutes"] == pytest.approx(280 / 60)
+    assert row["minutes_to_0.8"] == pytest.approx(100 / 60)
+    assert row["minutes_to_0.9"] == pytest.approx(160 / 60)
+    assert row["minutes_to_0.93"] == pytest.approx(280 / 60)
+    assert row["run"] == "m T=1 bfloat16" and row["final_test_accuracy"] == 0.935
