@@ -5,9 +5,10 @@ r"""The fast CIFAR-10 recipe (airbench94's, see `tempscale_tf/models/fast.py`) a
 
 Full CIFAR-10 (50,000 training images), batch 1024, 12 epochs of Nesterov SGD (momentum 0.85)
 with airbench's triangular learning rate (airbench trains 9.9 epochs; without its label smoothing
-and logit scale, 10 epochs reached 0.9273 here, so two more epochs buy back the difference), its decoupled hyper-parameters converted to this
-library's mean-loss, coupled-decay form (lr 1.5, weight decay 1.33e-3), lookahead/EMA from epoch
-3, alternating flips and 2-pixel reflect-padded translations, bfloat16 where the CPU has it.
+and logit scale, 10 epochs reached 0.9273 here, so two more epochs buy back the difference),
+its decoupled hyper-parameters converted to this library's mean-loss, coupled-decay form (lr 1.5,
+weight decay 1.33e-3), lookahead/EMA from epoch 3, alternating flips and 2-pixel reflect-padded
+translations, bfloat16 where the CPU has it.
 No label smoothing and no hidden logit scale: the temperature is the only thing that divides the
 logits (the README's "Fast CIFAR-10 recipe" section explains the choice).
 

@@ -1,10 +1,13 @@
-r"""Benchmarks: training step, input pipeline, PGD vs cleverhans, robust evaluation, C&W,
-corruptions, and achieved FLOP/s vs the measured matmul peak. All in one process, one run.
+r"""Benchmarks: the training loop's step (float32, XLA, mixed bfloat16) vs model.fit, input
+pipeline, PGD vs cleverhans (in one process and across fresh processes), robust evaluation, C&W,
+corruptions, and achieved FLOP/s vs the measured matmul peak. One run; every row records the CPU
+and its bfloat16 features (`cpu` column).
 
-  python launch/bench.py                # full (CPU: ~10 minutes); writes tables/bench.{csv,md}
-  python launch/bench.py --quick --out=/tmp/bench   # under a minute (CI)
+  python launch/bench.py                # full (CPU: ~15 minutes); writes tables/bench.{csv,md}
+  python launch/bench.py --quick --out=/tmp/bench   # a smoke test of every benchmark (CI)
 
-Medians over repeats, warm-up excluded. Ratios are reported, never asserted.
+Medians over repeats, warm-up excluded, variants timed in turns. Ratios are reported, never
+asserted.
 """
 
 from absl import app, flags, logging
@@ -15,8 +18,11 @@ cli.quiet_tensorflow()
 
 flags.DEFINE_bool("quick", False, "Tiny sizes (a smoke test of every benchmark).")
 flags.DEFINE_string("out", "tables/bench", "Output path without extension (.csv and .md).")
-flags.DEFINE_list("models", ["small_cnn", "resnet20_cifar", "resnet50_cifar"], "Models to time.")
+flags.DEFINE_list(
+    "models", ["small_cnn", "resnet20_cifar", "resnet50_cifar", "fast_cifar"], "Models to time."
+)
 flags.DEFINE_list("batch_sizes", ["32", "128", "256"], "Training batch sizes.")
+flags.DEFINE_integer("fast_batch_size", 1024, "fast_cifar's batch size (its recipe's).")
 flags.DEFINE_integer("attack_batch", 128, "Images per attack benchmark.")
 flags.DEFINE_string(
     "data_dir", "../shared/data", "For the CIFAR-10 input pipeline (skipped if " "absent)."
@@ -28,6 +34,9 @@ flags.DEFINE_string(
     "with random weights on random images).",
 )
 flags.DEFINE_integer("autoattack_examples", 128, "Digits test images for the AutoAttack timing.")
+flags.DEFINE_integer(
+    "pgd_processes", 5, "Fresh processes for the PGD-vs-cleverhans spread (2 with --quick)."
+)
 FLAGS = flags.FLAGS
 
 
@@ -45,13 +54,28 @@ def main(argv):
     rows = []
     for name in model_names:
         sizes = batch_sizes if name != "resnet50_cifar" else batch_sizes[:1]
-        logging.info("training step: %s %s", name, sizes)
+        if name == "fast_cifar":
+            sizes = [FLAGS.fast_batch_size] if not quick else [32]
+        logging.info("training step (the loop's own step): %s %s", name, sizes)
         step_rows = bench.bench_train_step(
-            name, sizes, steps=2 if quick else 5, repeats=2 if quick else 3
+            name,
+            sizes,
+            steps=2 if quick else 5,
+            repeats=2 if quick else 3,
+            min_seconds=0.2 if quick else 2.0,
         )
         rows += step_rows
-        graph = [r for r in step_rows if r["variant"] == "ours_jit=False"][-1]
-        rows += bench.bench_flops_ratio(name, graph["batch_size"], graph["value"])
+        largest = max(r["batch_size"] for r in step_rows if r.get("batch_size"))
+        rates = {
+            precision: r["value"]
+            for r in step_rows
+            for variant, precision in (
+                ("ours_jit=False", "float32"),
+                ("ours_mixed_bfloat16_jit=False", "mixed_bfloat16"),
+            )
+            if r["variant"] == variant and r.get("batch_size") == largest
+        }
+        rows += bench.bench_flops_ratio(name, largest, rates)
     logging.info("input pipeline")
     rows += bench.bench_input_pipeline("digits", None, 128, num_batches=5 if quick else 50)
     try:
@@ -80,6 +104,14 @@ def main(argv):
         attack_model = f"{model.name} (random weights) on random images"
     logging.info("PGD-20")
     rows += bench.bench_pgd(model, x, y, steps=3 if quick else 20, repeats=1 if quick else 5)
+    logging.info("PGD-20 vs cleverhans in fresh processes")
+    rows += bench.bench_pgd_processes(
+        2 if quick else FLAGS.pgd_processes,
+        "small_cnn",
+        batch_size=32 if quick else 256,
+        steps=3 if quick else 20,
+        repeats=1 if quick else 5,
+    )
     logging.info("robust evaluation")
     rows += bench.bench_robust_eval(
         model, x, y, steps=3 if quick else 20, repeats=1 if quick else 3
@@ -108,6 +140,8 @@ def main(argv):
         32 if quick else 256, ["gaussian_noise", "fog"] if quick else None
     )
 
+    cpu = bench.cpu_description()
+    rows = [{**r, "cpu": cpu} for r in rows]
     frame = pd.DataFrame(rows)
     command = cli.command_line()
     settings = {
@@ -123,6 +157,7 @@ def main(argv):
 
 def _ratios(frame):
     """Headline ratios measured side by side in this run."""
+    import pandas as pd
 
     def value(benchmark, variant, **where):
         sel = frame[(frame.benchmark == benchmark) & (frame.variant == variant)]
@@ -148,7 +183,23 @@ def _ratios(frame):
         )
     ours = value("pgd20", "ours_jit=False")
     theirs = value("pgd20", "cleverhans")
-    notes.append(f"PGD-20 ours / cleverhans throughput: {ours / theirs:.2f}x")
+    notes.append(f"PGD-20 ours / cleverhans throughput (this process): {ours / theirs:.2f}x")
+    spread = frame[frame.benchmark == "pgd20_processes"].set_index("variant")
+    if len(spread):
+        stat = lambda name: spread.loc[name, "value"]
+        per_process = spread[spread.index.str.startswith("process_")]
+        onednn = [
+            "?" if pd.isna(v) else str(int(v)) for v in per_process["loop_maxpool_grads_onednn"]
+        ]
+        notes.append(
+            f"PGD-20 ours / cleverhans throughput across {len(per_process)} fresh processes "
+            f"({spread['model'].iloc[0]}, batch {int(spread['batch_size'].iloc[0])}): "
+            f"median {stat('ratio_median'):.2f}x (min {stat('ratio_min'):.2f}, "
+            f"max {stat('ratio_max'):.2f}); from CPU time {stat('cpu_ratio_median'):.2f}x "
+            f"({stat('cpu_ratio_min'):.2f}-{stat('cpu_ratio_max'):.2f}); max-pool gradients of "
+            f"the PGD loop on oneDNN kernels, per process: {', '.join(onednn)} of "
+            f"{int(per_process['maxpool_layers'].iloc[0])}"
+        )
     notes.append(
         f"Robust-accuracy evaluation speed-up over cleverhans PGD on every example: "
         f"{value('robust_eval', 'speedup_ours_vs_cleverhans'):.2f}x"
@@ -158,10 +209,17 @@ def _ratios(frame):
         b = int(sub["batch_size"].max())
         graph = value("train_step", "ours_jit=False", model=model, batch_size=b)
         xla = value("train_step", "ours_jit=True", model=model, batch_size=b)
-        fit = value("train_step", "keras_fit_stock_loss", model=model, batch_size=b)
+        fit_ratio = value("train_step", "ours_over_keras_fit", model=model, batch_size=b)
+        mixed = [v for v in sub["variant"].unique() if v.endswith("_over_float32")]
+        mixed_text = "".join(
+            f", {v.removesuffix('_over_float32')}/float32 "
+            f"{value('train_step', v, model=model, batch_size=b):.2f}x"
+            for v in mixed
+        )
         notes.append(
-            f"{model} batch {b}: ours (graph) {graph:.0f} img/s, XLA/graph "
-            f"{xla / graph:.2f}x, ours/keras-fit {graph / fit:.2f}x"
+            f"{model} batch {b}, the training loop's step (weight decay, strategy, schedule): "
+            f"{graph:.0f} img/s (graph, float32), XLA/graph {xla / graph:.2f}x, "
+            f"ours/keras-fit {fit_ratio:.2f}x{mixed_text}"
         )
     pipeline = frame[frame.benchmark == "input_pipeline"]
     step = frame[(frame.benchmark == "train_step") & (frame.variant == "ours_jit=False")]
@@ -170,12 +228,27 @@ def _ratios(frame):
             f"Input pipeline / fastest training step: "
             f"{pipeline['value'].min() / step['value'].max():.1f}x"
         )
-    ratio = frame[(frame.benchmark == "flops") & (frame.variant == "achieved_over_peak")]
-    for _, r in ratio.iterrows():
+    flops = frame[frame.benchmark == "flops"]
+    peak = lambda name: value("flops", f"matmul_peak_{name}") / 1e9
+    if len(flops):
         notes.append(
-            f"{r['model']}: achieved training FLOP/s = {r['value']:.1%} of the "
-            "measured float32 matmul peak"
+            f"Measured matmul peaks (2048^2): float32 {peak('float32'):.0f} GFLOP/s, bfloat16 "
+            f"{peak('bfloat16'):.0f} GFLOP/s"
         )
+    for model in flops["model"].dropna().unique():
+        parts = []
+        for precision in ("float32", "mixed_bfloat16"):
+            achieved = value("flops", f"train_achieved_{precision}", model=model)
+            if achieved != achieved:  # NaN: not measured
+                continue
+            parts.append(
+                f"{precision} step {achieved / 1e9:.0f} GFLOP/s = "
+                f"{value('flops', f'{precision}_step_over_float32_peak', model=model):.0%} of "
+                f"the float32 peak, "
+                f"{value('flops', f'{precision}_step_over_bfloat16_peak', model=model):.0%} of "
+                f"the bfloat16 peak"
+            )
+        notes.append(f"{model}: " + "; ".join(parts))
     return notes
 
 

@@ -15,6 +15,9 @@ A sweep config (`configs/sweep_*.py`) is a `ConfigDict` with:
     evaluation settings) is not trained or evaluated again, on any machine. The run folders
     (checkpoints) stay under the sweep's workdir: a cell killed half-way resumes from its
     checkpoint on the same machine and restarts from scratch on a new one;
+  - optional `variants`: extra cells with other training settings, each a dict with `name`,
+    `temperature`, `seed` and `overrides` (e.g. `{"adv_weight": 0.5}` for an equal-accuracy
+    control); their rows carry `variant` and the overridden settings;
   - optional `reference_rows`: rows (dicts with a `source` key) printed under ours, e.g. the
     paper's numbers.
 """
@@ -45,14 +48,34 @@ ROW_SETTINGS = (
 )
 
 
-def cell_dir(root, dataset, model, temperature, seed) -> str:
-    return os.path.join(root, f"{dataset}_{model}_t{temperature:g}_s{seed}")
+def cell_dir(root, dataset, model, temperature, seed, variant="") -> str:
+    suffix = f"_{variant}" if variant else ""
+    return os.path.join(root, f"{dataset}_{model}_t{temperature:g}_s{seed}{suffix}")
 
 
-def _cell_config(base, dataset, temperature, seed):
+def _cell_config(base, dataset, temperature, seed, overrides=None):
     config = base.copy_and_resolve_references()
     config.dataset, config.temperature, config.seed = dataset, float(temperature), int(seed)
+    for key, value in (overrides or {}).items():
+        if key not in config:
+            raise ValueError(f"variant override {key!r} is not a training setting")
+        config[key] = value
     return config
+
+
+def _variants(sweep_config):
+    """`(name, temperature, seed, overrides)` of the optional `variants`: extra cells with other
+    training settings (e.g. the adversarial weight of an equal-accuracy control)."""
+    out = []
+    for v in sweep_config.get("variants", ()):
+        v = dict(v)
+        name = str(v.get("name", ""))
+        if not name or not all(ch.isalnum() or ch in "._-" for ch in name):
+            raise ValueError(f"a variant needs a name of letters, digits, '.', '_' or '-': {v}")
+        overrides = v.get("overrides", {})
+        overrides = dict(overrides.items()) if hasattr(overrides, "items") else {}
+        out.append((name, float(check_temperature(v["temperature"])), int(v["seed"]), overrides))
+    return out
 
 
 def _eval_settings(eval_config) -> dict:
@@ -204,12 +227,17 @@ def assemble_tables(rows, sweep_config, command) -> list[str]:
     for (dataset, model), group in frame.groupby(["dataset", "model"]):
         prefix = sweep_config.get("table_prefix", "table1")
         stem = os.path.join(sweep_config.table_dir, f"{prefix}_{dataset}_{model}")
-        summary = tables.mean_std(group, "temperature", columns, digits=3)
+        by = "temperature"
+        if "variant" in group:
+            group = group.assign(variant=group["variant"].fillna(""))
+            by = ["temperature", "variant"]
+        summary = tables.mean_std(group, by, columns, digits=3)
         if "status" in group and group["status"].notna().any():
-            status = group.groupby("temperature")["status"].agg(
+            status = group.groupby(by)["status"].agg(
                 lambda v: "; ".join(sorted(set(v.dropna()))) or "ok"
             )
-            summary["status"] = summary["temperature"].map(status).fillna("ok")
+            keys = summary[by].apply(tuple, axis=1) if isinstance(by, list) else summary[by]
+            summary["status"] = keys.map(status).fillna("ok")
         settings = {
             "dataset": dataset,
             "model": model,
@@ -295,15 +323,20 @@ def run_sweep(sweep_config, root, command="", progress=False, max_cells=None) ->
     for t, s in sweep_config.get("extra_cells", ()):
         check_temperature(t)
         cells += [(d, float(t), int(s)) for d in sweep_config.datasets]
-    cells = list(dict.fromkeys(cells))
+    cells = [(d, t, s, "", {}) for d, t, s in dict.fromkeys(cells)]
+    cells += [
+        (d, t, s, name, o)
+        for name, t, s, o in _variants(sweep_config)
+        for d in sweep_config.datasets
+    ]
     results_root = sweep_config.get("results_dir", "")
     rows, paths, new = [], [], 0
     start = time.time()
-    for i, (dataset, temperature, seed) in enumerate(cells):
-        config = _cell_config(sweep_config.train, dataset, temperature, seed)
-        workdir = cell_dir(root, dataset, config.model, temperature, seed)
+    for i, (dataset, temperature, seed, variant, overrides) in enumerate(cells):
+        config = _cell_config(sweep_config.train, dataset, temperature, seed, overrides)
+        workdir = cell_dir(root, dataset, config.model, temperature, seed, variant)
         results = (
-            cell_dir(results_root, dataset, config.model, temperature, seed)
+            cell_dir(results_root, dataset, config.model, temperature, seed, variant)
             if results_root
             else None
         )
@@ -315,6 +348,8 @@ def run_sweep(sweep_config, root, command="", progress=False, max_cells=None) ->
             break
         logging.info("cell %d/%d: %s T=%g seed=%d", i + 1, len(cells), dataset, temperature, seed)
         row = run_cell(config, sweep_config.eval, workdir, progress, results)
+        if variant:
+            row = {**row, "variant": variant, **{k: v for k, v in overrides.items()}}
         rows.append(row)
         new += 0 if finished else 1
         paths = assemble_tables(rows, sweep_config, command)

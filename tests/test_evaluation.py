@@ -239,19 +239,29 @@ def test_sweep_commits_cells_and_skips_them_anywhere(tmp_path, monkeypatch):
     monkeypatch.setattr(training, "train", train)
     config.eval.clean_examples = 0
     config.reference_rows = [{"source": "paper", "temperature": 1.0, "clean": 0.9}]
+    config.variants = [
+        {"name": "wd0", "temperature": 1.0, "seed": 0, "overrides": {"weight_decay": 0.0}}
+    ]
     sweep.run_sweep(config, str(tmp_path / "runs"), command="pytest")
     cells = sorted(p.name for p in (tmp_path / "committed").iterdir())
-    assert cells == ["digits_small_cnn_t1_s0", "digits_small_cnn_t1e-06_s0"]
+    assert cells == [
+        "digits_small_cnn_t1_s0",
+        "digits_small_cnn_t1_s0_wd0",
+        "digits_small_cnn_t1e-06_s0",
+    ]
+    variant = json.loads((tmp_path / "committed" / cells[1] / "config.json").read_text())
+    assert variant["weight_decay"] == 0.0
     for cell in cells:
         assert {p.name for p in (tmp_path / "committed" / cell).iterdir()} == set(
             sweep.RESULT_FILES
         )
-    diverged = json.loads((tmp_path / "committed" / cells[1] / "eval.json").read_text())
+    diverged = json.loads((tmp_path / "committed" / cells[2] / "eval.json").read_text())
     assert diverged["status"] == "diverged: the training loss is nan at step 2"
     ok = json.loads((tmp_path / "committed" / cells[0] / "eval.json").read_text())
     assert ok["eval/clean_examples"] == 360 and "clean_attacked" in ok
     frame = tables.read_table(tmp_path / "tables" / "table1_digits_small_cnn.csv")
-    assert frame["source"].tolist() == ["ours", "ours", "paper"]
+    assert frame["source"].tolist() == ["ours", "ours", "ours", "paper"]
+    assert frame["variant"].fillna("").tolist()[:3] == ["", "", "wd0"]
     assert "diverged" in str(frame["status"][0]) and frame["status"][1] == "ok"  # T=1e-6, T=1
     md = (tmp_path / "tables" / "table1_digits_small_cnn.md").read_text()
     assert "Wall time per cell" in md

@@ -276,22 +276,37 @@ def _state_signature(item_shape):
     return {key: kinds.get(key, image) for key in _APGD_KEYS}
 
 
-def _loss_and_gradient(loss, targeted, eot):
+def _loss_and_gradient(loss, targeted, eot, get_model, item_shape, jit_compile):
     """`f(net, x_adv, y, target, temperature, eot_iter) -> (logits, loss [batch], gradient)`.
 
     With `eot` the gradient is averaged over `eot_iter` forward passes (expectation over
     transformation, for models with random outputs); logits and loss are the last pass's.
+    Outside XLA the forward/backward pass is a separate, never-inlined function (see
+    `attacks.pgd._build_pgd`: inlined into a while loop, oneDNN may leave max-pool gradients on
+    the slow kernel, differently in each process).
     """
 
-    def one_pass(net, x_adv, y, target, temperature):
+    def one_pass_of(x_adv, y, target, temperature):
         with tf.GradientTape() as tape:
             tape.watch(x_adv)
-            logits = model_logits(net, x_adv)
+            logits = model_logits(get_model(), x_adv)
             objective = attack_objective(logits, y, target, loss, temperature, targeted)
         grad = tape.gradient(objective, x_adv)  # examples are independent: d(sum) = per example
         if grad is None:
             raise ValueError("the model's logits do not depend on its input: no gradient")
         return logits, objective, grad
+
+    if not jit_compile:
+        labels = batch_spec([], tf.int32)
+        one_pass_of = tf.function(
+            one_pass_of,
+            input_signature=[batch_spec(item_shape), labels, labels, scalar_spec()],
+            experimental_attributes={"_noinline": True},
+        )
+
+    def one_pass(net, x_adv, y, target, temperature):
+        del net  # the model comes from `get_model` (the same object)
+        return one_pass_of(x_adv, y, target, temperature)
 
     def evaluate(net, x_adv, y, target, temperature, eot_iter):
         logits, objective, grad = one_pass(net, x_adv, y, target, temperature)
@@ -313,7 +328,7 @@ def _loss_and_gradient(loss, targeted, eot):
 def _build_apgd_init(model, item_shape, norm, loss, targeted, eot, jit_compile):
     """Compiled: the APGD state at the random start (one loss and gradient evaluation)."""
     get_model = model_reference(model)
-    evaluate = _loss_and_gradient(loss, targeted, eot)
+    evaluate = _loss_and_gradient(loss, targeted, eot, get_model, item_shape, jit_compile)
 
     def init(x, start, y, target, eps, temperature, eot_iter):
         x_adv = tf.clip_by_value(x + eps * start, 0.0, 1.0)
@@ -347,7 +362,7 @@ def _build_apgd_init(model, item_shape, norm, loss, targeted, eot, jit_compile):
 def _build_apgd_segment(model, item_shape, norm, loss, targeted, eot, jit_compile):
     """Compiled: `length` APGD iterations, then (if `check`) the step-size checkpoint."""
     get_model = model_reference(model)
-    evaluate = _loss_and_gradient(loss, targeted, eot)
+    evaluate = _loss_and_gradient(loss, targeted, eot, get_model, item_shape, jit_compile)
 
     def segment(state, eps, rho, temperature, eot_iter, length, first, check):
         net = get_model()

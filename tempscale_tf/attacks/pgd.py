@@ -275,6 +275,29 @@ def random_start_point(x, eps, norm, seed):
 def _build_pgd(model, item_shape, norm, loss, targeted, keep_best, jit_compile):
     """The compiled PGD loop for one model, image shape and set of graph-changing settings."""
     get_model = model_reference(model)
+    labels = batch_spec([], tf.int32)
+
+    def logits_and_grad(x_adv, y, target, temperature):
+        with tf.GradientTape() as tape:
+            tape.watch(x_adv)
+            logits = model_logits(get_model(), x_adv)
+            objective = attack_objective(logits, y, target, loss, temperature, targeted)
+        grad = tape.gradient(objective, x_adv)  # d(sum)/dx: examples are independent
+        if grad is None:
+            raise ValueError("the model's logits do not depend on its input: no gradient")
+        return logits, grad
+
+    if not jit_compile:
+        # The model's forward and backward pass as a separate, never-inlined function: an
+        # acyclic graph. Inlined into the lowered while loop (a cycle), TensorFlow's oneDNN
+        # rewrite visits its nodes in an order that changes from process to process and may
+        # leave MaxPoolGrad on the slow Eigen kernel (it needs the forward MaxPool rewritten
+        # first): PGD then ran at 0.75x or 1.0x of cleverhans depending on the process.
+        logits_and_grad = tf.function(
+            logits_and_grad,
+            input_signature=[batch_spec(item_shape), labels, labels, scalar_spec()],
+            experimental_attributes={"_noinline": True},
+        )
 
     def run(x, start, y, target, eps, step_size, temperature, steps):
         net = get_model()
@@ -289,13 +312,7 @@ def _build_pgd(model, item_shape, norm, loss, targeted, keep_best, jit_compile):
         x_adv = project(x + start)
 
         def body(i, x_adv, best, found):
-            with tf.GradientTape() as tape:
-                tape.watch(x_adv)
-                logits = model_logits(net, x_adv)
-                objective = attack_objective(logits, y, target, loss, temperature, targeted)
-            grad = tape.gradient(objective, x_adv)  # d(sum)/dx: examples are independent
-            if grad is None:
-                raise ValueError("the model's logits do not depend on its input: no gradient")
+            logits, grad = logits_and_grad(x_adv, y, target, temperature)
             if keep_best:  # the iterate whose logits we just computed
                 success = _is_success(logits, y, target, targeted)
                 best = tf.where(per_example(success, rank), x_adv, best)
@@ -313,7 +330,6 @@ def _build_pgd(model, item_shape, norm, loss, targeted, keep_best, jit_compile):
             x_adv = tf.where(per_example(use_best, rank), best, x_adv)
         return x_adv
 
-    labels = batch_spec([], tf.int32)
     signature = [batch_spec(item_shape)] * 2 + [labels, labels] + [scalar_spec()] * 3
     signature += [scalar_spec(tf.int32)]
     return tf.function(run, input_signature=signature, jit_compile=jit_compile)
