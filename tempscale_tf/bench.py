@@ -262,6 +262,7 @@ def bench_train_step(
     temperature=10.0,
     min_seconds=1.0,
     strategy=None,
+    config_overrides=None,
 ):
     """Images/s of the training loop's own step (`loop_step`), timed side by side with
     `model.fit` (same model, loss and optimizer; `keras_fit_model`) and, with
@@ -276,6 +277,8 @@ def bench_train_step(
     and callbacks) is then a small part of the time, as in a real epoch. All variants of a
     batch size are timed in turns (`time_interleaved`). Rows per batch size: one per variant
     (images/s), then `ours_over_keras_fit` and `<policy>_over_float32` (ratios).
+    `config_overrides` go into the training config (e.g. `data_dir` for a model whose
+    initialisation reads training images).
     """
     strategy = strategy or distribute.make_strategy("auto")
     policy = mixed_policy_name()
@@ -291,7 +294,12 @@ def bench_train_step(
             combos.append((default_jit, True))
         for jit, mixed in combos:
             config = train_config(
-                model_name, batch, jit_compile=jit, mixed_precision=mixed, temperature=temperature
+                model_name,
+                batch,
+                jit_compile=jit,
+                mixed_precision=mixed,
+                temperature=temperature,
+                **(config_overrides or {}),
             )
             name = f"ours_{policy}_jit={jit}" if mixed else f"ours_jit={jit}"
             loops[name] = loop_step(config, strategy)

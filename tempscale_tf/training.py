@@ -23,8 +23,6 @@ short schedules at high T can underfit (the paper trains 200 epochs).
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import dataclasses
 import math
 import os
@@ -573,9 +571,9 @@ def _set_op_determinism(config):
 def _resolve_precision(config):
     """A copy of `config` whose `mixed_precision` is resolved to True/False (logged)."""
     use, why = distribute.resolve_mixed_precision(config.mixed_precision)
-    config = copy.deepcopy(config)
-    with config.unlocked() if hasattr(config, "unlocked") else contextlib.nullcontext():
-        config.mixed_precision = use
+    # A fresh ConfigDict: a copy whose `mixed_precision` field was typed str ("auto", e.g. after
+    # `copy_and_resolve_references`) would refuse a bool.
+    config = ml_collections.ConfigDict({**config.to_dict(), "mixed_precision": use})
     logging.info(
         "Precision: %s (%s)",
         distribute.mixed_policy_name() if use else "float32",
