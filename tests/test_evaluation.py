@@ -277,3 +277,14 @@ def test_sweep_commits_cells_and_skips_them_anywhere(tmp_path, monkeypatch):
     sweep.run_sweep(config, str(tmp_path / "runs"), command="pytest")
     redone = json.loads((tmp_path / "committed" / cells[0] / "config.json").read_text())
     assert redone["epochs"] == 2
+
+
+def test_default_num_examples_uses_a_smaller_split_whole():
+    """The CIFAR-sized default (1000) on digits' 360 test images: the whole split, in order."""
+    x, y = evaluation.subset_arrays("digits", "test", None, 1000)
+    x_all, y_all = data.load_arrays("digits", "test")
+    assert len(y) == 360
+    np.testing.assert_array_equal(y, y_all)
+    np.testing.assert_allclose(x, x_all)
+    x_small, _ = evaluation.subset_arrays("digits", "test", None, 100)
+    assert len(x_small) == 100
