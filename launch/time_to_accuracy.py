@@ -21,6 +21,7 @@ from tempscale_tf.files import read_json  # noqa: E402
 flags.DEFINE_list("workdirs", None, "Training workdirs (or folders with the two JSON files).")
 flags.DEFINE_list("thresholds", ["0.8", "0.9", "0.92", "0.93"], "Accuracies to time.")
 flags.DEFINE_string("out", "tables/time_to_accuracy", "Output table (without extension).")
+flags.DEFINE_multi_string("note", [], "Notes written under the table (e.g. machine load).")
 flags.mark_flag_as_required("workdirs")
 FLAGS = flags.FLAGS
 
@@ -43,7 +44,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     thresholds = [float(t) for t in FLAGS.thresholds]
-    records, notes = [], []
+    records, notes = [], list(FLAGS.note)
     for workdir in FLAGS.workdirs:
         config, rows = curve(workdir)
         precision = "bfloat16" if config.get("mixed_precision") else "float32"
