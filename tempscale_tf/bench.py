@@ -48,22 +48,17 @@ BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
 def cpu_bf16_features() -> str:
-    """The CPU's bfloat16 instructions among `BF16_CPU_FLAGS` (as in /proc/cpuinfo's flags), e.g.
-    "avx512_bf16, no amx_bf16"; "unknown" where /proc/cpuinfo cannot be read.
+    """The CPU's bfloat16 instructions among `BF16_CPU_FLAGS`, e.g. "avx512_bf16, no amx_bf16"
+    (read by `distribute.cpu_bf16_features`); "unknown" where /proc/cpuinfo cannot be read.
 
     They decide what mixed bfloat16 costs: with AMX (Sapphire Rapids and later) oneDNN runs bf16
     convolutions on tile units; with AVX512-BF16 only (e.g. AMD Zen 4) the dot products are
     native but the rest is not; with neither, bf16 is emulated and usually slower than float32.
     """
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = set()
-            for line in f:
-                if line.startswith("flags"):
-                    flags.update(line.split(":", 1)[1].split())
-    except OSError:
+    if not os.path.exists("/proc/cpuinfo"):
         return "unknown"
-    return ", ".join(f if f in flags else f"no {f}" for f in BF16_CPU_FLAGS[::-1])
+    present = distribute.cpu_bf16_features()
+    return ", ".join(f if f in present else f"no {f}" for f in BF16_CPU_FLAGS[::-1])
 
 
 def cpu_description() -> str:

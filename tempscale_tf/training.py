@@ -381,7 +381,7 @@ class _Steps:
         self.decayed = [_decayed(v) for v in self.model.trainable_variables]
         # Per-layer learning-rate multipliers (models.fast: batch-norm offsets, the head), applied
         # to the data gradient only: with SGD (+ momentum) that scales the data term's step.
-        multipliers = models.fast.lr_multipliers(self.model)
+        multipliers = models.common.lr_multipliers(self.model)
         self.multipliers = [multipliers.get(id(v), 1.0) for v in self.model.trainable_variables]
         jit = distribute.resolve_jit_compile(config.jit_compile)
         # XLA needs its own (nested) tf.function; in plain graph mode the replica step is traced

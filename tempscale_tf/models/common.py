@@ -43,3 +43,16 @@ def feature_extractor(model: keras.Model, layer_name: str = "features") -> keras
             "`tempscale_tf.models.build_model` name their penultimate layer 'features'"
         ) from None
     return keras.Model(model.inputs[0], [features, model.outputs[0]], name=f"{model.name}_features")
+
+
+def lr_multipliers(model: keras.Model) -> dict:
+    """`{id(variable): multiplier}` for the trainable variables of layers that set an
+    `lr_multiplier` attribute (the training step scales their data gradients; see
+    `models.fast`)."""
+    out = {}
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        factor = getattr(layer, "lr_multiplier", None)
+        if factor is not None and factor != 1.0:
+            for v in layer.trainable_weights:
+                out[id(v)] = float(factor)
+    return out

@@ -38,7 +38,7 @@ import math
 import keras
 import numpy as np
 
-from tempscale_tf.models.common import normalized_input
+from tempscale_tf.models.common import lr_multipliers, normalized_input  # noqa: F401
 
 
 @keras.saving.register_keras_serializable(package="tempscale_tf")
@@ -246,15 +246,3 @@ def fast_cifar(
     )
     head.lr_multiplier = float(head_scale) ** 2
     return keras.Model(inputs, head(features), name="fast_cifar")
-
-
-def lr_multipliers(model: keras.Model) -> dict:
-    """`{id(variable): multiplier}` for the trainable variables of layers that set
-    `lr_multiplier` (the training step scales their data gradients)."""
-    out = {}
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        factor = getattr(layer, "lr_multiplier", None)
-        if factor is not None and factor != 1.0:
-            for v in layer.trainable_weights:
-                out[id(v)] = float(factor)
-    return out
