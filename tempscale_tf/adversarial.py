@@ -73,26 +73,49 @@ def craft_linf_pgd(
     temperature=1.0,
     random_start=True,
     seed=None,
+    separate_gradient=False,
 ):
     """L-inf PGD for use *inside* a compiled training step (no caching, no Python loop).
 
-    The model runs with `training=False`. `seed` is a stateless seed (int32/int64 `[2]`) for the
-    random start. Returns adversarial images in the eps-ball around `images` and in [0, 1].
+    Args:
+      model: the Keras model; it runs with `training=False` (see the module docstring).
+      images: float `[batch, ...]` in [0, 1].
+      labels: int `[batch]`.
+      eps: radius of the L-inf ball.
+      step_size: size of each signed-gradient step.
+      steps: number of steps (a Python int or a scalar tensor).
+      loss: the attack's loss, one of `ADV_LOSSES`.
+      temperature: the CE temperature of the attack's loss.
+      random_start: start from a uniform point of the ball (else from `images`).
+      seed: a stateless seed (int32/int64 `[2]`) for the random start.
+      separate_gradient: run the model's forward and backward pass as a never-inlined
+        `tf.function` (plain graph mode only, not under XLA). Inlined into the loop, a cyclic
+        graph, TensorFlow's oneDNN rewrite may leave `MaxPoolGrad` on its slow kernel depending
+        on the process (see `attacks.pgd`); the training loop sets it when not compiling.
+
+    Returns:
+      Adversarial images in the eps-ball around `images` and in [0, 1], without gradient.
     """
     images = tf.convert_to_tensor(images, tf.float32)
     labels = tf.cast(labels, tf.int32)
-    if random_start:
-        x_adv = tf.clip_by_value(images + random_start_point(images, eps, "linf", seed), 0.0, 1.0)
-    else:
-        x_adv = tf.identity(images)
-    for _ in tf.range(steps):
+
+    def input_gradient(x_adv, labels):
         with tf.GradientTape() as tape:
             tape.watch(x_adv)
             logits = tf.cast(model(x_adv, training=False), tf.float32)
             objective = tf.reduce_sum(
                 attack_objective(logits, labels, labels, loss, temperature, False)
             )
-        grad = tape.gradient(objective, x_adv)
+        return tape.gradient(objective, x_adv)
+
+    if separate_gradient:
+        input_gradient = tf.function(input_gradient, experimental_attributes={"_noinline": True})
+    if random_start:
+        x_adv = tf.clip_by_value(images + random_start_point(images, eps, "linf", seed), 0.0, 1.0)
+    else:
+        x_adv = tf.identity(images)
+    for _ in tf.range(steps):
+        grad = input_gradient(x_adv, labels)
         x_adv = x_adv + step_size * tf.sign(grad)
         x_adv = tf.clip_by_value(tf.clip_by_value(x_adv, images - eps, images + eps), 0.0, 1.0)
     return tf.stop_gradient(x_adv)

@@ -383,7 +383,7 @@ class _Steps:
         # to the data gradient only: with SGD (+ momentum) that scales the data term's step.
         multipliers = models.common.lr_multipliers(self.model)
         self.multipliers = [multipliers.get(id(v), 1.0) for v in self.model.trainable_variables]
-        jit = distribute.resolve_jit_compile(config.jit_compile)
+        jit = self._jit = distribute.resolve_jit_compile(config.jit_compile)
         # XLA needs its own (nested) tf.function; in plain graph mode the replica step is traced
         # inside the outer function, which also allows synchronised batch norm (a merge_call).
         self._grads = (
@@ -416,6 +416,7 @@ class _Steps:
             c.adv_temperature,
             c.adv_random_start,
             seed,
+            separate_gradient=not self._jit,
         )
 
     def _forward_loss(self, images, labels, x_adv=None):

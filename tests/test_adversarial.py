@@ -67,6 +67,13 @@ def test_in_step_attack_matches_library_pgd():
         model, x, y, eps=0.05, step_size=0.01, steps=6, random_start=False, keep_best=False
     )
     np.testing.assert_allclose(ours.numpy(), ref.numpy(), atol=1e-6)
+    # The training loop's graph-mode form: forward/backward in a never-inlined function.
+    separate = tf.function(
+        lambda x, y: adversarial.craft_linf_pgd(
+            model, x, y, 0.05, 0.01, 6, "ce", 1.0, False, separate_gradient=True
+        )
+    )(x, y)
+    np.testing.assert_allclose(separate.numpy(), ref.numpy(), atol=1e-6)
     start = adversarial.craft_linf_pgd(
         model, x, y, 0.05, 0.01, 3, "ce", 1.0, True, tf.constant([3, 4], tf.int64)
     )
