@@ -19,21 +19,13 @@ about a minute per run on 2 CPU cores:
 `:smoke` shrinks a run to 2 epochs on 256 training images.
 """
 
-from tempscale_tf.training import default_config
+from tempscale_tf.config_files import load_config
 
 
 def get_config(arg=None):
-    c = default_config()
-    c.mixed_precision = False  # the committed tables were made in float32
-    c.dataset = "digits"
-    c.model = "small_cnn"
-    c.model_kwargs.width = 16
-    c.temperature = 1.0
+    c = load_config("digits_small.py", relative_to=__file__)
     c.epochs = 20
-    c.batch_size = 128
     c.lr = 0.1
-    c.weight_decay = 5e-4
-    c.schedule = "cosine"
     c.export = False
     c.histogram_examples = 0
     if arg == "smoke":

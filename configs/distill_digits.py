@@ -8,23 +8,16 @@ r"""Distillation on the embedded `digits` data: a small_cnn teacher (width 16, t
 `<workdir>/teacher`, or reused from there when it is already finished).
 """
 
-import importlib.util
-import pathlib
-
 import ml_collections
 
-
-def _digits_small():
-    path = pathlib.Path(__file__).with_name("digits_small.py")
-    spec = importlib.util.spec_from_file_location("_digits_small_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tempscale_tf.config_files import load_config
 
 
 def get_config(arg=None):
     c = ml_collections.ConfigDict()
-    c.teacher = _digits_small().get_config()  # small_cnn width 16, 30 epochs, T = 1
+    c.teacher = load_config(
+        "digits_small.py", relative_to=__file__
+    )  # small_cnn width 16, 30 epochs, T = 1
     c.teacher.histogram_examples = 0
     c.teacher_workdir = ""  # "" -> <workdir>/teacher
     c.dataset = "digits"

@@ -12,8 +12,8 @@ def get_config(arg=None):
     c = default_eval_config()
     if arg == "quick":
         c.num_examples = 200
-        c.corruptions = "gaussian_noise,defocus_blur,fog"
-        c.severities = "1,3,5"
+        c.corruptions = ("gaussian_noise", "defocus_blur", "fog")
+        c.severities = (1, 3, 5)
         c.cw_l2_examples = 20
         c.cw_l2_binary_search_steps = 3
         c.cw_l2_max_iterations = 30

@@ -12,6 +12,7 @@ training costs 6 forward/backward passes per step, which is what this 2-core CPU
 
 import ml_collections
 
+from tempscale_tf import paper
 from tempscale_tf.evaluation import default_eval_config
 from tempscale_tf.training import default_config
 
@@ -38,10 +39,10 @@ def get_config(arg=None):
     c.train.adv_step_size = 2 / 255
     c.eval = default_eval_config()
     c.eval.num_examples = 300
-    c.eval.corruptions = ""
+    c.eval.corruptions = ()
     c.eval.cw_l2_examples = 0
     c.datasets = ["cifar10"]
-    c.temperatures = [0.5, 1.0, 50.0, 70.0]
+    c.temperatures = list(paper.PAPER_AT_TEMPERATURES)
     c.seeds = [0]
     c.table_dir = "tables"
     c.table_prefix = "table3_madry" if arg == "madry" else "table3"

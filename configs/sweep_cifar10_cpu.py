@@ -14,23 +14,16 @@ weight decay / T); `configs/sweep_digits.py` keeps the paper's single learning r
 
 import ml_collections
 
+from tempscale_tf import paper
+from tempscale_tf.config_files import load_config
 from tempscale_tf.evaluation import default_eval_config
-from tempscale_tf.training import default_config
 
 
 def get_config(arg=None):
     c = ml_collections.ConfigDict()
-    c.train = default_config()
-    c.train.mixed_precision = False  # the committed tables were made in float32
-    c.train.data_dir = "../shared/data"
-    c.train.model = "resnet20_cifar"
+    c.train = load_config("cifar10_resnet20_cpu.py", relative_to=__file__)
     c.train.train_subset = 8000
-    c.train.test_subset = 2000
     c.train.epochs = 6
-    c.train.batch_size = 128
-    c.train.lr = 0.1
-    c.train.warmup_epochs = 1.0
-    c.train.weight_decay = 5e-4
     c.train.scale_lr_with_temperature = arg != "paper_lr"
     c.train.export = False
     c.train.histogram_examples = 512
@@ -40,7 +33,7 @@ def get_config(arg=None):
     c.eval.cw_l2_binary_search_steps = 3
     c.eval.cw_l2_max_iterations = 50
     c.datasets = ["cifar10"]
-    c.temperatures = [0.1, 0.5, 1.0, 10.0, 30.0, 50.0, 70.0, 100.0]
+    c.temperatures = list(paper.PAPER_TEMPERATURES)
     c.seeds = [0, 1]
     c.table_dir = "tables"
     c.notes = [

@@ -7,6 +7,7 @@ r"""Temperature sweep on the embedded digits data (small CNN), the fast end-to-e
 
 import ml_collections
 
+from tempscale_tf import paper
 from tempscale_tf.evaluation import default_eval_config
 from tempscale_tf.training import default_config
 
@@ -24,7 +25,7 @@ def get_config(arg=None):
     c.eval.num_examples = 360
     c.eval.cw_l2_examples = 50
     c.datasets = ["digits"]
-    c.temperatures = [0.1, 0.5, 1.0, 10.0, 30.0, 50.0, 70.0, 100.0]
+    c.temperatures = list(paper.PAPER_TEMPERATURES)
     c.seeds = [0, 1]
     c.table_dir = "tables"
     c.notes = [
@@ -35,7 +36,7 @@ def get_config(arg=None):
         c.train.epochs, c.train.train_subset, c.train.batch_size = 1, 128, 64
         c.train.model_kwargs.width = 4
         c.eval.num_examples, c.eval.batch_size = 32, 32
-        c.eval.corruptions, c.eval.severities = "gaussian_noise", "1,5"
+        c.eval.corruptions, c.eval.severities = ("gaussian_noise",), (1, 5)
         c.eval.cw_l2_examples, c.eval.cw_l2_binary_search_steps = 4, 1
         c.eval.cw_l2_max_iterations, c.eval.steps = 5, 3
         c.eval.autoattack_steps, c.eval.autoattack_queries = 5, 50

@@ -3,9 +3,14 @@ r"""Evaluate a trained model: Clean, corruptions (-C), PGD-20, C&W, and gradient
   python launch/evaluate.py --workdir=runs/c10_r20_t50
   python launch/evaluate.py --workdir=runs/c10_r20_t50 --eval_config=configs/eval_cifar.py:quick
   python launch/evaluate.py --saved_model=runs/x/export --dataset=cifar10 --data_dir=../shared/data
+  python launch/evaluate.py --keras_model=tables/models/cifar10_fast_t70/model.keras \
+      --dataset=cifar10 --data_dir=../shared/data --output_dir=runs/eval_t70
 
-Writes `<workdir>/eval.json` and appends a row (with every setting and this command) to --csv.
-Columns are explained in `tempscale_tf/evaluation.py`.
+Writes `eval.json` into the run (or export) folder, or --output_dir (for --keras_model default
+runs/evaluate/<the file's folder name>), and appends a row (with every setting and this command)
+to --csv. With --keras_model the temperature comes from the
+`tempscale_info.json` beside the file (or --temperature). Columns are explained in
+`tempscale_tf/evaluation.py`.
 """
 
 import json
@@ -25,6 +30,9 @@ config_flags.DEFINE_config_file(
 )
 flags.DEFINE_string("workdir", None, "A training run's workdir (model rebuilt from checkpoint).")
 flags.DEFINE_string("saved_model", None, "Or: a SavedModel export folder (needs --dataset).")
+flags.DEFINE_string("keras_model", None, "Or: a `.keras` model file (needs --dataset).")
+flags.DEFINE_float("temperature", None, "The model's training T (default: tempscale_info.json).")
+flags.DEFINE_string("output_dir", None, "Where eval.json goes (default: the run/export folder).")
 flags.DEFINE_string("dataset", None, "Dataset (default: the run's).")
 flags.DEFINE_string("data_dir", None, "Data folder (default: the run's).")
 flags.DEFINE_string("csv", None, "CSV to append the row to (default <workdir>/eval.csv).")
@@ -34,8 +42,11 @@ FLAGS = flags.FLAGS
 
 
 def _load():
-    if bool(FLAGS.workdir) == bool(FLAGS.saved_model):
-        raise ValueError("give exactly one of --workdir or --saved_model")
+    sources = [f for f in ("workdir", "saved_model", "keras_model") if FLAGS[f].value]
+    if len(sources) != 1:
+        raise ValueError("give exactly one of --workdir, --saved_model or --keras_model")
+    if FLAGS.keras_model:
+        return _load_keras_file(FLAGS.keras_model)
     if FLAGS.workdir:
         model, config = training.load_run(FLAGS.workdir)
         meta = {
@@ -65,11 +76,40 @@ def _load():
     return model, meta, FLAGS.saved_model
 
 
+def _load_keras_file(path):
+    import keras
+
+    from tempscale_tf.export import INFO_FILE
+    from tempscale_tf.files import read_json
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--keras_model {path!r} not found")
+    if not FLAGS.dataset:
+        raise ValueError("--keras_model needs --dataset")
+    info_path = os.path.join(os.path.dirname(path), INFO_FILE)
+    info = read_json(info_path) if os.path.exists(info_path) else {}
+    temperature = FLAGS.temperature if FLAGS.temperature is not None else info.get("temperature")
+    if temperature is None:
+        raise ValueError(f"--keras_model needs --temperature (no {INFO_FILE} beside {path})")
+    model = keras.saving.load_model(path)
+    meta = {
+        "dataset": FLAGS.dataset,
+        "model": info.get("model", model.name),
+        "temperature": float(temperature),
+        "data_dir": FLAGS.data_dir,
+    }
+    # Not beside the file: a committed model's folder stays clean.
+    name = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    return model, meta, os.path.join("runs", "evaluate", name)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     eval_config = cli.apply_config_overrides(FLAGS.eval_config)
     model, meta, folder = _load()
+    folder = FLAGS.output_dir or folder
+    os.makedirs(folder, exist_ok=True)
     row = evaluation.evaluate_model(
         model,
         meta["temperature"],

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tempscale_tf.attacks.pgd import attack_objective, random_start_point
+from tempscale_tf.attacks.common import attack_objective, model_logits, random_start_point
+from tempscale_tf.attacks.pgd import pgd_loop
 from tempscale_tf.losses import temperature_cross_entropy
 
 ADV_OBJECTIVES = ("paper", "madry")
@@ -75,7 +76,7 @@ def craft_linf_pgd(
     seed=None,
     separate_gradient=False,
 ):
-    """L-inf PGD for use *inside* a compiled training step (no caching, no Python loop).
+    """L-inf PGD for use *inside* a compiled training step (no caching; `attacks.pgd.pgd_loop`).
 
     Args:
       model: the Keras model; it runs with `training=False` (see the module docstring).
@@ -99,23 +100,27 @@ def craft_linf_pgd(
     images = tf.convert_to_tensor(images, tf.float32)
     labels = tf.cast(labels, tf.int32)
 
-    def input_gradient(x_adv, labels):
+    def logits_and_grad(x_adv, y, target, temperature):
         with tf.GradientTape() as tape:
             tape.watch(x_adv)
-            logits = tf.cast(model(x_adv, training=False), tf.float32)
-            objective = tf.reduce_sum(
-                attack_objective(logits, labels, labels, loss, temperature, False)
-            )
-        return tape.gradient(objective, x_adv)
+            logits = model_logits(model, x_adv)
+            objective = attack_objective(logits, y, target, loss, temperature, False)
+        return logits, tape.gradient(objective, x_adv)
 
     if separate_gradient:
-        input_gradient = tf.function(input_gradient, experimental_attributes={"_noinline": True})
+        logits_and_grad = tf.function(
+            logits_and_grad, experimental_attributes={"_noinline": True}, autograph=False
+        )
+    lower, upper = tf.maximum(images - eps, 0.0), tf.minimum(images + eps, 1.0)
+
+    def project(z):
+        return tf.clip_by_value(z, lower, upper)
+
     if random_start:
-        x_adv = tf.clip_by_value(images + random_start_point(images, eps, "linf", seed), 0.0, 1.0)
+        x_adv = project(images + random_start_point(images, eps, "linf", seed))
     else:
-        x_adv = tf.identity(images)
-    for _ in tf.range(steps):
-        grad = input_gradient(x_adv, labels)
-        x_adv = x_adv + step_size * tf.sign(grad)
-        x_adv = tf.clip_by_value(tf.clip_by_value(x_adv, images - eps, images + eps), 0.0, 1.0)
+        x_adv = images
+    x_adv, _, _ = pgd_loop(
+        logits_and_grad, x_adv, labels, labels, temperature, step_size, steps, project
+    )
     return tf.stop_gradient(x_adv)

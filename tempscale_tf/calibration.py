@@ -178,6 +178,11 @@ def classwise_ece(probs, labels, n_bins: int = 15) -> float:
     For each class k, all N examples are binned by `probs[:, k]` (equal-width bins as in
     `expected_calibration_error`) and `ECE_k = sum_b (n_b / N) |freq_b(y == k) - mean_b(p_k)|`;
     the result is `mean_k ECE_k` (Kull et al., 2019).
+
+    Args:
+      probs: `[N, K]` predicted probabilities.
+      labels: int `[N]`.
+      n_bins: equal-width confidence bins.
     """
     probs, labels = _check_probs_labels(probs, labels)
     n_bins = _check_bins(n_bins)
@@ -221,7 +226,14 @@ def brier_score(probs, labels) -> float:
 
 
 def calibration_metrics(logits, labels, temperature: float = 1.0, n_bins: int = 15) -> dict:
-    """Accuracy, mean confidence, ECE, class-wise ECE, NLL and Brier of `softmax(logits / T)`."""
+    """Accuracy, mean confidence, ECE, class-wise ECE, NLL and Brier of `softmax(logits / T)`.
+
+    Args:
+      logits: `[N, K]` raw logits.
+      labels: int `[N]`.
+      temperature: T, which divides the logits.
+      n_bins: equal-width confidence bins of the ECEs.
+    """
     logits = _check_2d(logits, "logits")
     labels = _check_labels(labels, logits.shape[0], logits.shape[1])
     probs = softmax(logits, temperature)
@@ -377,6 +389,11 @@ def calibrated_model(model, temperature: float, name=None):
     output is the calibrated distribution); T is stored in the layer's config and weight, so it
     travels with `model.save(...)` and SavedModel exports. Functional models are extended in
     place of their output (same inputs); other models are wrapped in a `keras.Sequential`.
+
+    Args:
+      model: a Keras model that outputs logits.
+      temperature: the fitted T > 0.
+      name: the new model's name (default `<model name>_calibrated`).
     """
     import keras
 
@@ -445,12 +462,21 @@ def calibrate_run(
     of `calibrated_model(model, T)` (its `logits` output is already divided by T, so the
     export's own temperature is 1).
 
+    Args:
+      workdir: a `training.train` workdir.
+      output_dir: where the results go (default `<workdir>/calibration`).
+      val_split: the split T is fitted on (warns when it overlaps the training split).
+      test_split: the evaluation split (default: the run's `test_split`).
+      n_bins: confidence bins of the ECE and the diagrams.
+      bounds: the search interval of T.
+      batch_size: inference batch size.
+      export: also export the calibrated model.
+
     Returns:
       The dict written to `calibration.json`.
     """
     import os
 
-    from tempscale_tf import data as data_lib
     from tempscale_tf import training
     from tempscale_tf.files import atomic_write_json
 
@@ -458,34 +484,12 @@ def calibrate_run(
     output_dir = str(output_dir or os.path.join(workdir, "calibration"))
     os.makedirs(output_dir, exist_ok=True)
     model, config = training.load_run(workdir)
-    data_dir = config.data_dir or None
     test_split = test_split or config.test_split
     trained_temperature = check_temperature(config.temperature)
-
-    def logits_of(split):
-        ds = data_lib.load(
-            config.dataset,
-            split,
-            data_dir,
-            batch_size,
-            shuffle=False,
-            augment=False,
-            drop_remainder=False,
-        )
-        return training.predict_logits(model, ds)
-
-    overlap = training_overlap(config, val_split)
-    if overlap:
-        warnings.warn(
-            f"{overlap} examples of the validation split {val_split!r} were in the training "
-            f"split {config.train_split!r} of {workdir}: the fitted temperature is biased "
-            "(too low). Train on e.g. 'train[:-300]' and calibrate on 'train[-300:]'.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+    overlap = _warn_overlap(config, val_split, workdir)
     splits = {
-        "val": (val_split, *logits_of(val_split)),
-        "test": (test_split, *logits_of(test_split)),
+        "val": (val_split, *_split_logits(model, config, val_split, batch_size)),
+        "test": (test_split, *_split_logits(model, config, test_split, batch_size)),
     }
     temperature = fit_temperature(splits["val"][1], splits["val"][2], bounds=bounds)
     results = {
@@ -507,23 +511,60 @@ def calibrate_run(
                 "split": split,
                 **calibration_metrics(logits, labels, t, n_bins),
             }
-            fig = reliability_diagram(
+            reliability_diagram(
                 softmax(logits, t),
                 labels,
                 n_bins,
                 path=os.path.join(output_dir, f"reliability_{key}_{stage}.png"),
                 title=f"{key} ({split}), T={t:.3g}",
             )
-            del fig
     if export:
-        from tempscale_tf.export import export_saved_model
-
-        path = os.path.join(output_dir, "export")
-        export_saved_model(calibrated_model(model, temperature), path, temperature=1.0)
-        atomic_write_json(
-            os.path.join(path, "calibration.json"),
-            {"fitted_temperature": temperature, "source_workdir": workdir},
-        )
-        results["export"] = path
+        results["export"] = _export_calibrated(model, temperature, output_dir, workdir)
     atomic_write_json(os.path.join(output_dir, "calibration.json"), results)
     return results
+
+
+def _split_logits(model, config, split, batch_size):
+    """(logits, labels) of a run's model on `split` of its dataset, in order."""
+    from tempscale_tf import data as data_lib
+    from tempscale_tf import training
+
+    ds = data_lib.load(
+        config.dataset,
+        split,
+        config.data_dir or None,
+        batch_size,
+        shuffle=False,
+        augment=False,
+        drop_remainder=False,
+    )
+    return training.predict_logits(model, ds)
+
+
+def _warn_overlap(config, val_split, workdir) -> int:
+    """How many validation examples the run trained on (a warning when any)."""
+    overlap = training_overlap(config, val_split)
+    if overlap:
+        warnings.warn(
+            f"{overlap} examples of the validation split {val_split!r} were in the training "
+            f"split {config.train_split!r} of {workdir}: the fitted temperature is biased "
+            "(too low). Train on e.g. 'train[:-300]' and calibrate on 'train[-300:]'.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return overlap
+
+
+def _export_calibrated(model, temperature, output_dir, workdir) -> str:
+    import os
+
+    from tempscale_tf.export import export_saved_model
+    from tempscale_tf.files import atomic_write_json
+
+    path = os.path.join(output_dir, "export")
+    export_saved_model(calibrated_model(model, temperature), path, temperature=1.0)
+    atomic_write_json(
+        os.path.join(path, "calibration.json"),
+        {"fitted_temperature": temperature, "source_workdir": workdir},
+    )
+    return path

@@ -71,7 +71,13 @@ def _drop_third_party_info(record) -> bool:
 
 
 def define_config_overrides(config, flag_values=flags.FLAGS, skip=()) -> None:
-    """Define a `--<field>` flag (default None) for every scalar/sequence field of `config`."""
+    """Define a `--<field>` flag (default None) for every scalar/sequence field of `config`.
+
+    Args:
+      config: the `ConfigDict` whose top-level fields get flags (nested dicts are skipped).
+      flag_values: the absl `FlagValues` to define them in.
+      skip: field names that get no flag (e.g. ones the script defines itself).
+    """
     for key, value in config.items():
         if key in skip or key in flag_values:
             continue
@@ -103,7 +109,7 @@ def apply_config_overrides(config, flag_values=flags.FLAGS):
         if key in _BOOL_OR_AUTO and str(value).lower() in ("true", "false", "1", "0"):
             value = str(value).lower() in ("true", "1")
         if isinstance(default, tuple):
-            value = tuple(type(default[0])(v) if default else float(v) for v in value)
+            value = tuple(type(default[0])(v) if default else v for v in value)
         with config.unlocked() if hasattr(config, "unlocked") else _null():
             config[key] = value
     return config

@@ -55,6 +55,12 @@ def distillation_terms(student_logits, teacher_logits, labels, temperature):
     hard = `CE(softmax(student_logits), labels)` (None when `labels` is None);
     soft = `T^2 * KL(softmax(teacher_logits / T) || softmax(student_logits / T))`, with the
     teacher logits behind `tf.stop_gradient`.
+
+    Args:
+      student_logits: `[batch, K]`.
+      teacher_logits: `[batch, K]`.
+      labels: int `[batch]`, or None (no hard term).
+      temperature: T of the soft term.
     """
     t = check_temperature(temperature)
     student = tf.cast(tf.convert_to_tensor(student_logits), tf.float32)
@@ -215,6 +221,15 @@ def training_dataset(
     Same images, subset sample and augmentation (`tempscale_tf.data.augment_batch`) as
     `tempscale_tf.data.load`, but every iteration over the dataset (every `fit` epoch) draws a
     new order and new augmentations from `seed`, so one dataset serves all epochs.
+
+    Args:
+      name: the dataset name.
+      split: the training split.
+      batch_size: examples per batch.
+      seed: the seed of the order and the augmentations.
+      data_dir: where the dataset files are.
+      subset: keep the fixed seeded sample of this many examples (None: all).
+      augment: random crops and flips.
     """
     from tempscale_tf import data as data_lib
 
@@ -271,7 +286,18 @@ def _load_teacher(config, workdir, progress):
 def train_student(
     config, teacher, temperature, alpha, seed, test_ds, train_ds=None, progress=False
 ) -> dict:
-    """Train one student of `config` with a `Distiller` and return its test metrics."""
+    """Train one student of `config` with a `Distiller` and return its test metrics.
+
+    Args:
+      config: the distillation config (`configs/distill_digits.py`).
+      teacher: the trained teacher model.
+      temperature: T of the soft term.
+      alpha: weight of the hard-label CE in [0, 1] (1: the no-teacher baseline).
+      seed: the student's initialisation and data-order seed.
+      test_ds: the test dataset.
+      train_ds: the training dataset (default `training_dataset(...)` from the config).
+      progress: show Keras progress bars.
+    """
     import time
 
     from tempscale_tf import calibration, distribute, training
@@ -332,6 +358,11 @@ def run_distillation(config, workdir, progress: bool = False) -> dict:
     student per (temperature, alpha) in `config.temperatures x config.alphas`, all from the
     same initialisation per seed. Writes `<workdir>/results.json` and returns
     `{"teacher": {...}, "rows": [...]}`.
+
+    Args:
+      config: the distillation config.
+      workdir: where the teacher (unless `teacher_workdir`) and `results.json` go.
+      progress: show progress bars.
     """
     from tempscale_tf import calibration, training
     from tempscale_tf import data as data_lib

@@ -62,7 +62,10 @@ def _tf_config_has_cluster() -> bool:
 
 
 def gpu_available() -> bool:
-    return bool(tf.config.list_physical_devices("GPU"))
+    """Whether TensorFlow will run on a GPU: a visible GPU (`CUDA_VISIBLE_DEVICES` and
+    `tf.config.set_visible_devices` respected). The one GPU check of the library: it does not
+    initialise the runtime, so logical CPU devices can still be configured after it."""
+    return bool(tf.config.get_visible_devices("GPU"))
 
 
 def resolve_jit_compile(jit_compile):

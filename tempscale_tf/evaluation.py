@@ -35,6 +35,7 @@ from absl import logging
 from tempscale_tf import attacks as attacks_lib
 from tempscale_tf import corruptions
 from tempscale_tf import data as data_lib
+from tempscale_tf.attacks.common import predictions
 from tempscale_tf.validation import check_temperature
 
 # The paper's column order, then the diagnostics.
@@ -71,8 +72,8 @@ def default_eval_config() -> ml_collections.ConfigDict:
     c.random_start = True
     c.num_targets = 3
     c.seed = 0
-    c.corruptions = ",".join(corruptions.CORRUPTIONS)  # "" -> skip the corruption column
-    c.severities = "1,2,3,4,5"
+    c.corruptions = tuple(corruptions.CORRUPTIONS)  # () -> skip the corruption column
+    c.severities = (1, 2, 3, 4, 5)
     c.corruption_examples = 0  # 0 -> num_examples
     c.cifar10c_dir = ""  # official CIFAR-10-C .npy folder; "" -> generate the corruptions
     c.cw_l2_examples = 100  # 0 -> skip C&W-L2
@@ -92,6 +93,12 @@ def subset_arrays(dataset, split, data_dir, n):
 
     A split smaller than `n` is used whole (logged), so the CIFAR-sized defaults also evaluate
     a small dataset such as digits (360 test images).
+
+    Args:
+      dataset: a dataset name (`tempscale_tf.data`).
+      split: e.g. "test" or "test[:500]".
+      data_dir: where the dataset files are (None: the default).
+      n: how many examples (the fixed seeded sample of `data.load(..., subset=n)`); 0: all.
     """
     if n:
         size = len(data_lib.load_arrays(dataset, split, data_dir)[1])
@@ -110,9 +117,24 @@ def subset_arrays(dataset, split, data_dir, n):
     return np.concatenate(xs), np.concatenate(ys)
 
 
+def as_list(value) -> list:
+    """A sequence setting as a list: a tuple or list as it is, a comma-separated string (the
+    form of configs written before these settings were tuples) split; empty entries dropped."""
+    if isinstance(value, str):
+        value = value.split(",")
+    return [v for v in value if v != ""]
+
+
 def predict_labels(model, images, batch_size=500) -> np.ndarray:
+    """Arg-max class ids of `images` (a NumPy array), `batch_size` at a time.
+
+    Args:
+      model: the classifier.
+      images: float images `[n, ...]`.
+      batch_size: images per forward pass.
+    """
     out = [
-        np.argmax(model(images[i : i + batch_size], training=False), -1)
+        predictions(model, images[i : i + batch_size]).numpy()
         for i in range(0, len(images), batch_size)
     ]
     return np.concatenate(out) if out else np.zeros((0,), np.int64)
@@ -125,6 +147,19 @@ def corruption_accuracy(
 
     With `cifar10c_dir`, the official CIFAR-10-C images are used instead (all 10,000 per
     severity; `images` and `labels` are then ignored).
+
+    Args:
+      model: the classifier.
+      images: float images `[n, H, W, C]` in [0, 1] to corrupt.
+      labels: int labels `[n]`.
+      names: corruption names (`corruptions.CORRUPTIONS`).
+      severities: severities in 1..5.
+      seed: the corruptions' seed (noise, random textures).
+      cifar10c_dir: the official CIFAR-10-C `.npy` folder, or "" to generate the corruptions.
+      progress: show a progress bar.
+
+    Returns:
+      dict with `corruption` (the mean) and `corruption/<name>/<severity>` accuracies.
     """
     results = {}
     bar = keras.utils.Progbar(len(names) * len(severities), verbose=1 if progress else 0)
@@ -157,6 +192,17 @@ def cw_l2_accuracy(
     batch_size=100,
 ) -> dict:
     """Robust accuracy under C&W-L2 at L2 radius `eps`, and the median distance it needed.
+
+    Args:
+      model: the classifier.
+      images: float images `[n, ...]` in [0, 1].
+      labels: int labels `[n]`.
+      eps: the L2 radius at which robust accuracy is counted.
+      binary_search_steps: C&W's binary-search steps over the constant c.
+      max_iterations: Adam iterations per binary-search step.
+      learning_rate: Adam's learning rate.
+      jit_compile: XLA (None: on GPU only).
+      batch_size: examples per attack batch.
 
     Returns:
       dict with `cw_l2`: the fraction of all examples that are classified correctly and whose
@@ -208,6 +254,15 @@ def autoattack_columns(model, images, labels, temperature, config, row, progress
     `attacks.default_attacks` is then run again only on the AutoAttack survivors, so `worst_case`
     counts the examples robust to both. Needs `row["pgd20"]` (and `row["worst_case_pgd"]` when
     AutoAttack is off).
+
+    Args:
+      model: the classifier.
+      images: the attacked images `[n, ...]` in [0, 1].
+      labels: int labels `[n]`.
+      temperature: the training temperature (the PGD-CE attacks use it).
+      config: the evaluation config (`default_eval_config()`).
+      row: the columns computed so far.
+      progress: log progress.
     """
     out = {}
     if not config.autoattack:
@@ -260,70 +315,17 @@ def evaluate_model(model, temperature, dataset, config=None, data_dir=None, prog
     temperature = check_temperature(temperature)
     # Every setting is checked before any work: bad attack or corruption settings fail at once.
     attack_list = pgd_attacks(temperature, config)
-    names = [n for n in str(config.corruptions).split(",") if n]
-    known = corruptions.CORRUPTIONS + corruptions.EXTRA_CORRUPTIONS
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise ValueError(f"Unknown corruptions {unknown}; available: {list(known)}")
+    names = _check_corruption_names(config)
     start = time.time()
     images, labels = subset_arrays(dataset, config.split, data_dir, config.num_examples)
-    row = {"clean": float(np.mean(predict_labels(model, images) == labels))}
-    clean_n = config.get("clean_examples", -1)
-    if clean_n >= 0 and clean_n != config.num_examples:
-        row["clean_attacked"] = row["clean"]
-        all_x, all_y = subset_arrays(dataset, config.split, data_dir, clean_n)
-        row["clean"] = float(np.mean(predict_labels(model, all_x) == all_y))
-        row["eval/clean_examples"] = int(len(all_y))
-        logging.info("clean accuracy %.4f on %d examples", row["clean"], len(all_y))
-    logging.info(
-        "clean accuracy %.4f on the %d attacked examples",
-        row.get("clean_attacked", row["clean"]),
-        len(labels),
-    )
-
+    row = _clean_columns(model, images, labels, dataset, config, data_dir)
     if names:
-        severities = [int(s) for s in str(config.severities).split(",")]
-        n_c = config.corruption_examples or len(labels)
-        row.update(
-            corruption_accuracy(
-                model,
-                images[:n_c],
-                labels[:n_c],
-                names,
-                severities,
-                seed=config.seed,
-                cifar10c_dir=config.cifar10c_dir,
-                progress=progress,
-            )
-        )
-        logging.info("corruption accuracy %.4f", row["corruption"])
-
-    import tensorflow as tf
-
-    ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(config.batch_size)
-    report = attacks_lib.robust_accuracy_dataset(
-        model, ds, attack_list, progress=progress, individual=True, eps=config.eps
-    )
-    ind = report.individual_robust_accuracy
-    names_by_role = {
-        "pgd20": f"pgd_ce_t{temperature:g}",
-        "pgd20_ce_t1": "pgd_ce_t1",
-        "cw": "pgd_margin",
-        "pgd20_margin": "pgd_margin",
-        "pgd20_targeted_top3": f"pgd_margin_targeted_top{config.num_targets}",
-        "pgd20_dlr": "pgd_dlr",
-    }
-    for column, attack_name in names_by_role.items():
-        if attack_name in ind:
-            row[column] = float(ind[attack_name])
-    if temperature == 1.0:
-        row["pgd20_ce_t1"] = row["pgd20"]
-    row["worst_case_pgd"] = float(report.robust_accuracy)
+        row.update(_corruption_columns(model, images, labels, names, config, progress))
+    row.update(_pgd_columns(model, images, labels, temperature, attack_list, config, progress))
     row.update(autoattack_columns(model, images, labels, temperature, config, row, progress))
     logging.info(
         "PGD-20 (CE at T=%g) %.4f, worst case %.4f", temperature, row["pgd20"], row["worst_case"]
     )
-
     if config.cw_l2_examples:
         n = min(config.cw_l2_examples, len(labels))
         row.update(
@@ -340,21 +342,104 @@ def evaluate_model(model, temperature, dataset, config=None, data_dir=None, prog
         )
     row["eval/seconds"] = time.time() - start
     row["eval/num_examples"] = int(len(labels))
-    for key in (
-        "eps",
-        "step_size",
-        "steps",
-        "random_start",
-        "num_targets",
-        "seed",
-        "cw_l2_examples",
-        "cw_l2_eps",
-        "cw_l2_binary_search_steps",
-        "cw_l2_max_iterations",
-        "corruption_examples",
-        "severities",
-    ):
-        row[f"eval/{key}"] = config[key]
+    row.update(_settings_columns(config))
+    return row
+
+
+def _check_corruption_names(config) -> list:
+    names = as_list(config.corruptions)
+    known = corruptions.CORRUPTIONS + corruptions.EXTRA_CORRUPTIONS
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"Unknown corruptions {unknown}; available: {list(known)}")
+    return names
+
+
+def _clean_columns(model, images, labels, dataset, config, data_dir) -> dict:
+    """`clean` (on `clean_examples` when set) and `clean_attacked` (on the attacked images)."""
+    row = {"clean": float(np.mean(predict_labels(model, images) == labels))}
+    clean_n = config.get("clean_examples", -1)
+    if clean_n >= 0 and clean_n != config.num_examples:
+        row["clean_attacked"] = row["clean"]
+        all_x, all_y = subset_arrays(dataset, config.split, data_dir, clean_n)
+        row["clean"] = float(np.mean(predict_labels(model, all_x) == all_y))
+        row["eval/clean_examples"] = int(len(all_y))
+        logging.info("clean accuracy %.4f on %d examples", row["clean"], len(all_y))
+    logging.info(
+        "clean accuracy %.4f on the %d attacked examples",
+        row.get("clean_attacked", row["clean"]),
+        len(labels),
+    )
+    return row
+
+
+def _corruption_columns(model, images, labels, names, config, progress) -> dict:
+    severities = [int(s) for s in as_list(config.severities)]
+    n_c = config.corruption_examples or len(labels)
+    row = corruption_accuracy(
+        model,
+        images[:n_c],
+        labels[:n_c],
+        names,
+        severities,
+        seed=config.seed,
+        cifar10c_dir=config.cifar10c_dir,
+        progress=progress,
+    )
+    logging.info("corruption accuracy %.4f", row["corruption"])
+    return row
+
+
+# The table's PGD columns and the `attacks.default_attacks` names they read.
+def _pgd_column_sources(temperature, num_targets) -> dict:
+    return {
+        "pgd20": f"pgd_ce_t{temperature:g}",
+        "pgd20_ce_t1": "pgd_ce_t1",
+        "cw": "pgd_margin",
+        "pgd20_margin": "pgd_margin",
+        "pgd20_targeted_top3": f"pgd_margin_targeted_top{num_targets}",
+        "pgd20_dlr": "pgd_dlr",
+    }
+
+
+def _pgd_columns(model, images, labels, temperature, attack_list, config, progress) -> dict:
+    """Each PGD attack's robust accuracy and `worst_case_pgd` (robust to all of them)."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(config.batch_size)
+    report = attacks_lib.robust_accuracy_dataset(
+        model, ds, attack_list, progress=progress, individual=True, eps=config.eps
+    )
+    ind = report.individual_robust_accuracy
+    row = {}
+    for column, attack_name in _pgd_column_sources(temperature, config.num_targets).items():
+        if attack_name in ind:
+            row[column] = float(ind[attack_name])
+    if temperature == 1.0:
+        row["pgd20_ce_t1"] = row["pgd20"]
+    row["worst_case_pgd"] = float(report.robust_accuracy)
+    return row
+
+
+_RECORDED_SETTINGS = (
+    "eps",
+    "step_size",
+    "steps",
+    "random_start",
+    "num_targets",
+    "seed",
+    "cw_l2_examples",
+    "cw_l2_eps",
+    "cw_l2_binary_search_steps",
+    "cw_l2_max_iterations",
+    "corruption_examples",
+)
+
+
+def _settings_columns(config) -> dict:
+    """The `eval/<setting>` columns that record how the row was made."""
+    row = {f"eval/{key}": config[key] for key in _RECORDED_SETTINGS}
+    row["eval/severities"] = ",".join(str(v) for v in as_list(config.severities))
     row["eval/corruption_source"] = (
         "official CIFAR-10-C" if config.cifar10c_dir else "generated (tempscale_tf.corruptions)"
     )

@@ -20,6 +20,12 @@ def export_saved_model(model: keras.Model, path, temperature: float, save_keras:
     `logits` and `probabilities = softmax(logits / temperature)`. The temperature and input shape
     are also written to `tempscale_info.json` in the folder; with `save_keras`, the Keras model is
     saved beside it as `model.keras` (for gradient-based evaluation).
+
+    Args:
+      model: the trained Keras model (images in [0, 1] -> logits).
+      path: the export folder.
+      temperature: the training temperature, used by the `probabilities` output.
+      save_keras: also save `model.keras`.
     """
     temperature = check_temperature(temperature)
     image_shape = tuple(model.input_shape[1:])

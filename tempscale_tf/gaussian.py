@@ -72,6 +72,12 @@ def two_cluster_means(dim: int = 2, separation: float = 2.0) -> np.ndarray:
 def make_gaussian_clusters(num_examples: int, means, sigma: float, seed: int = 0):
     """Samples of the mixture `sum_k (1/K) N(mu_k, sigma^2 I)` (equal priors, balanced labels).
 
+    Args:
+      num_examples: n.
+      means: `[K, d]` class means.
+      sigma: the standard deviation of every class.
+      seed: the seed of the samples and the label order.
+
     Returns:
       (x float32 `[n, d]`, y int32 `[n]`); the labels are a seeded permutation of
       `0..K-1` repeated, so each class has n/K examples (up to one).
@@ -88,7 +94,13 @@ def make_gaussian_clusters(num_examples: int, means, sigma: float, seed: int = 0
 
 
 def bayes_logits(x, means, sigma: float) -> np.ndarray:
-    """`-||x - mu_k||^2 / (2 sigma^2)`: `softmax` of these is the Bayes posterior (float64)."""
+    """`-||x - mu_k||^2 / (2 sigma^2)`: `softmax` of these is the Bayes posterior (float64).
+
+    Args:
+      x: `[n, d]`.
+      means: `[K, d]`.
+      sigma: the classes' standard deviation.
+    """
     x = np.asarray(x, dtype=np.float64)
     means = np.asarray(means, dtype=np.float64)
     sq = np.sum((x[:, None, :] - means[None]) ** 2, axis=-1)
@@ -157,6 +169,14 @@ def build_gaussian_model(
     Layers: `squared_distance` (`SquaredDistanceLogits`) and `temperature`
     (`TemperatureScaling(learnable=True)`, stores log T). The output is the tempered logits
     `l / T`; `softmax` of it is the model's posterior.
+
+    Args:
+      num_classes: K.
+      dim: d.
+      initial_temperature: T at initialisation.
+      centres: `[K, d]` initial centres (None: random).
+      learn_centres: train the centres (else they stay fixed).
+      seed: the seed of random centres.
     """
     dim = check_positive_int(dim, "dim")
     initializer = (
@@ -173,7 +193,13 @@ def build_gaussian_model(
 
 
 def class_means(x, y, num_classes: int) -> np.ndarray:
-    """Sample mean of each class, `[num_classes, dim]`."""
+    """Sample mean of each class, `[num_classes, dim]`.
+
+    Args:
+      x: `[n, d]`.
+      y: int `[n]`.
+      num_classes: K.
+    """
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y)
     return np.stack([x[y == k].mean(axis=0) for k in range(num_classes)])
 
@@ -184,6 +210,11 @@ def rescaled_temperature(temperature: float, centres, reference_centres) -> floa
     Scaling the centres about their mean by a and T by a leaves the posterior unchanged, so this
     is the part of T that cross-entropy determines (spread: Frobenius norm of the centred
     centres). With the class means as reference it estimates `2 sigma^2`.
+
+    Args:
+      temperature: the fitted T.
+      centres: the fitted centres `[K, d]`.
+      reference_centres: the reference centres `[K, d]` (e.g. the class means).
     """
     c = np.asarray(centres, dtype=np.float64)
     r = np.asarray(reference_centres, dtype=np.float64)
@@ -295,6 +326,16 @@ def run_gaussian_experiment(
     Variants: `class_means` (centres fixed at the class means, T by CE), `learned+anchor`
     (centres and T by CE + anchor), `learned, CE only` (not identifiable: raw T and the rescaled
     one). Test NLLs are compared with the Bayes posterior's.
+
+    Args:
+      sigmas: the class standard deviations, one row set each.
+      num_train: training samples.
+      num_test: test samples.
+      dim: d.
+      separation: the distance between the two class means.
+      steps: optimiser steps per fit.
+      anchor_weight: weight of the anchor term of "learned+anchor".
+      seed: the seed of the data and the fits.
     """
     means = two_cluster_means(dim, separation)
     rows = []

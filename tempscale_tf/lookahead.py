@@ -16,7 +16,15 @@ import tensorflow as tf
 
 
 def lookahead_decay(step, total_steps, every: int, decay_base: float, power: float) -> float:
-    """`rho` at optimizer step `step` of `total_steps`."""
+    """`rho` at optimizer step `step` of `total_steps`.
+
+    Args:
+      step: the optimizer step.
+      total_steps: the length of training.
+      every: steps between lookahead updates.
+      decay_base: the per-step decay at the end of training (airbench: 0.95).
+      power: how the decay warms up with training progress (airbench: 3).
+    """
     return decay_base**every * (step / total_steps) ** power
 
 
@@ -38,23 +46,29 @@ class Lookahead(tf.Module):
             for i, v in enumerate(targets)
         ]
         self.started = tf.Variable(False, trainable=False, name="started")
-        self._update = tf.function(self._update_fn)
+        # autograph=False: an explicit tf.cond, and no source read at trace time.
+        self._update = tf.function(self._update_fn, autograph=False)
 
     def update(self, decay: float) -> None:
         """One lookahead step with decay `rho` (the first call only initialises the average)."""
         self._update(tf.constant(decay, tf.float32))
 
     def _update_fn(self, decay):
-        if self.started:
+        def step():
             for ema, v in zip(self.average, self._get_targets()):
                 value = tf.convert_to_tensor(v)
                 new = tf.cast(decay, ema.dtype) * ema + tf.cast(1.0 - decay, ema.dtype) * value
                 ema.assign(new)
                 v.assign(new)
-        else:
+            return tf.constant(True)
+
+        def start():
             for ema, v in zip(self.average, self._get_targets()):
                 ema.assign(tf.convert_to_tensor(v))
             self.started.assign(True)
+            return tf.constant(True)
+
+        tf.cond(self.started, step, start)
 
     def copy_to_weights(self) -> None:
         """`w <- ema` (when the average has started), as at each epoch end."""

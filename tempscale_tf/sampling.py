@@ -114,6 +114,12 @@ def filter_logits(logits, temperature=1.0, top_k=None, top_p=None):
     `softmax(logits / T)` renormalised over the top-k tokens reaches `top_p`, i.e. a token is
     kept when the mass of the tokens before it is `< top_p` (the first token is always kept).
     `softmax(sorted_logits)` is the sampling distribution. `temperature` must be > 0 here.
+
+    Args:
+      logits: `[..., V]`.
+      temperature: T > 0, which divides the logits.
+      top_k: keep the `top_k` largest (None: all).
+      top_p: nucleus mass in (0, 1] (None: no nucleus filtering).
     """
     t = _check_sampling_temperature(temperature)
     if t == 0.0:

@@ -14,6 +14,14 @@ SCHEDULES = ("cosine", "step", "constant", "triangle")
 class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """Linear warm-up to `base_lr`, then cosine decay to 0, step decay, constant, or triangle.
 
+    Why not Keras' schedules: `keras.optimizers.schedules.CosineDecay` equals the "cosine" kind
+    without warm-up, and `PiecewiseConstantDecay` the "step" kind with boundaries one step
+    earlier (tests/test_schedules.py checks both on the whole curve). But Keras' warm-up starts
+    at `initial_learning_rate` (a first step at lr 0, or a different ramp), it has no triangle,
+    and warm-up cannot be combined with piecewise decay. One class keeps every shape of
+    `training.default_config` a function of the optimizer step (so a resumed run continues the
+    same curve) that serialises with its settings as fractions of training.
+
     Args:
       base_lr: peak learning rate.
       total_steps: length of training in optimizer steps.

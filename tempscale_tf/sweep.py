@@ -24,6 +24,7 @@ A sweep config (`configs/sweep_*.py`) is a `ConfigDict` with:
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -49,6 +50,16 @@ ROW_SETTINGS = (
 
 
 def cell_dir(root, dataset, model, temperature, seed, variant="") -> str:
+    """`<root>/<dataset>_<model>_t<T>_s<seed>[_<variant>]`: one cell's folder.
+
+    Args:
+      root: the sweep's workdir or results folder.
+      dataset: the dataset name.
+      model: the model name.
+      temperature: the training temperature.
+      seed: the seed.
+      variant: the variant's name ("" for the grid's cells).
+    """
     suffix = f"_{variant}" if variant else ""
     return os.path.join(root, f"{dataset}_{model}_t{temperature:g}_s{seed}{suffix}")
 
@@ -79,7 +90,18 @@ def _variants(sweep_config):
 
 
 def _eval_settings(eval_config) -> dict:
-    return {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in eval_config.items()}
+    """The evaluation settings as they read back from `eval.json` (tuples become lists; the
+    comma-separated strings of older configs become the same lists)."""
+    settings = {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in eval_config.items()}
+    for key, kind in (("corruptions", str), ("severities", int)):
+        if key in settings:
+            settings[key] = [kind(v) for v in evaluation.as_list(settings[key])]
+    return json.loads(json.dumps(settings))
+
+
+def _normalized(settings) -> dict:
+    """Settings read from an `eval.json`, in `_eval_settings`' form."""
+    return _eval_settings(settings or {})
 
 
 RESULT_FILES = ("config.json", "history.json", "metrics.json", "eval.json")
@@ -87,12 +109,18 @@ RESULT_FILES = ("config.json", "history.json", "metrics.json", "eval.json")
 
 def committed_row(config, eval_config, results) -> dict | None:
     """The committed `eval.json` row of a cell in `results`, if its training and evaluation
-    settings match `config` and `eval_config`; else None (a mismatch is logged)."""
+    settings match `config` and `eval_config`; else None (a mismatch is logged).
+
+    Args:
+      config: the cell's training config.
+      eval_config: the sweep's evaluation config.
+      results: the cell's folder under the sweep's `results_dir`.
+    """
     path = os.path.join(results, "eval.json")
     if not all(os.path.exists(os.path.join(results, f)) for f in RESULT_FILES):
         return None
     row = read_json(path)
-    if row.get("eval_settings") != _eval_settings(eval_config):
+    if _normalized(row.get("eval_settings")) != _eval_settings(eval_config):
         logging.info("%s: committed with other evaluation settings; recomputing", results)
         return None
     try:
@@ -116,6 +144,16 @@ def run_cell(config, eval_config, workdir, progress=False, results=None) -> dict
 
     With `results` (a folder kept in the repository), a cell committed there with the same
     settings is returned as it is, and a newly finished cell is copied there.
+
+    Args:
+      config: the cell's training config.
+      eval_config: the evaluation config.
+      workdir: the cell's run folder (checkpoints; resumed when it exists).
+      progress: show progress bars.
+      results: the cell's folder under `results_dir`, or None.
+
+    Returns:
+      the cell's row: the evaluation columns and the settings in `ROW_SETTINGS`.
     """
     if results:
         row = committed_row(config, eval_config, results)
@@ -132,7 +170,7 @@ def _run_cell(config, eval_config, workdir, progress=False) -> dict:
     settings = _eval_settings(eval_config)
     if os.path.exists(eval_path):
         row = read_json(eval_path)
-        old = row.get("eval_settings") or {}
+        old = _normalized(row.get("eval_settings"))
         if old == settings:
             return row
         if _only_autoattack_changed(old, settings):
@@ -213,7 +251,16 @@ def _refresh_autoattack(row, config, eval_config, workdir, settings, progress):
 
 
 def assemble_tables(rows, sweep_config, command) -> list[str]:
-    """Write table1_<dataset>_<model>.{csv,md} (mean ± std over seeds) and a per-run CSV."""
+    """Write `<prefix>_<dataset>_<model>.{csv,md}` (mean and std over seeds) and a per-run CSV.
+
+    Args:
+      rows: the cells' rows (`run_cell`), with `variant` and its overrides for variants.
+      sweep_config: the sweep config (grid, notes, reference rows, table folder and prefix).
+      command: the command line, recorded in the tables.
+
+    Returns:
+      the paths written.
+    """
     paths = []
     frame = pd.DataFrame([{k: v for k, v in r.items() if k != "eval_settings"} for r in rows])
     if frame.empty:
@@ -223,42 +270,68 @@ def assemble_tables(rows, sweep_config, command) -> list[str]:
         for c in evaluation.MAIN_COLUMNS + evaluation.DIAGNOSTIC_COLUMNS + ("train/accuracy",)
         if c in frame
     ]
-    base, ev = sweep_config.train, sweep_config.eval
     for (dataset, model), group in frame.groupby(["dataset", "model"]):
         prefix = sweep_config.get("table_prefix", "table1")
         stem = os.path.join(sweep_config.table_dir, f"{prefix}_{dataset}_{model}")
-        by = "temperature"
         if "variant" in group:
             group = group.assign(variant=group["variant"].fillna(""))
-            by = ["temperature", "variant"]
-        summary = tables.mean_std(group, by, columns, digits=3)
-        if "status" in group and group["status"].notna().any():
-            status = group.groupby(by)["status"].agg(
-                lambda v: "; ".join(sorted(set(v.dropna()))) or "ok"
-            )
-            keys = summary[by].apply(tuple, axis=1) if isinstance(by, list) else summary[by]
-            summary["status"] = keys.map(status).fillna("ok")
-        settings = {
-            "dataset": dataset,
-            "model": model,
-            "train_subset": base.train_subset or "all",
-            "epochs": base.epochs,
-            "batch_size": base.batch_size,
-            "lr": base.lr,
-            "weight_decay": base.weight_decay,
-            "schedule": base.schedule,
-            "scale_lr_with_temperature": base.scale_lr_with_temperature,
-            **(
-                {
-                    "adv_train": f"{base.adv_objective} objective, weight {base.adv_weight}, "
-                    f"PGD-{base.adv_steps} eps={base.adv_eps:.5g} "
-                    f"step={base.adv_step_size:.5g} {base.adv_loss} at "
-                    f"T={base.adv_temperature:g}"
-                }
-                if base.adv_train
-                else {}
-            ),
-            "seeds": sorted(set(int(s) for s in group["seed"])),
+        records = _summary(group, columns).to_dict("records")
+        references = list(sweep_config.get("reference_rows", ()))
+        if references:
+            records = [{"source": "ours", **r} for r in records]
+            records += [dict(r) for r in references]
+        seeds = sorted(set(int(s) for s in group["seed"]))
+        tables.write_table(
+            records,
+            stem,
+            command=command,
+            settings=_table_settings(sweep_config, dataset, model, seeds),
+            notes=_table_notes(sweep_config, group),
+            pm_digits=3,
+        )
+        per_run = group.sort_values(["temperature", "seed"])
+        per_run.to_csv(stem + "_runs.csv", index=False)
+        paths += [stem + ".csv", stem + ".md", stem + "_runs.csv"]
+    return paths
+
+
+def _summary(group, columns) -> pd.DataFrame:
+    """Mean and std over seeds per temperature (and variant), with a `status` column when a
+    cell diverged."""
+    by = ["temperature", "variant"] if "variant" in group else "temperature"
+    summary = tables.mean_std(group, by, columns)
+    if "status" in group and group["status"].notna().any():
+        status = group.groupby(by)["status"].agg(
+            lambda v: "; ".join(sorted(set(v.dropna()))) or "ok"
+        )
+        keys = summary[by].apply(tuple, axis=1) if isinstance(by, list) else summary[by]
+        summary["status"] = keys.map(status).fillna("ok")
+    return summary
+
+
+def _table_settings(sweep_config, dataset, model, seeds) -> dict:
+    """The settings line of a table: training, adversarial training, seeds and attacks."""
+    base, ev = sweep_config.train, sweep_config.eval
+    settings = {
+        "dataset": dataset,
+        "model": model,
+        "train_subset": base.train_subset or "all",
+        "epochs": base.epochs,
+        "batch_size": base.batch_size,
+        "lr": base.lr,
+        "weight_decay": base.weight_decay,
+        "schedule": base.schedule,
+        "scale_lr_with_temperature": base.scale_lr_with_temperature,
+    }
+    if base.adv_train:
+        settings["adv_train"] = (
+            f"{base.adv_objective} objective, weight {base.adv_weight}, PGD-{base.adv_steps} "
+            f"eps={base.adv_eps:.5g} step={base.adv_step_size:.5g} {base.adv_loss} at "
+            f"T={base.adv_temperature:g}"
+        )
+    settings.update(
+        {
+            "seeds": seeds,
             "eval_examples": ev.num_examples or "all",
             "attacks": f"L-inf eps={ev.eps:.5g} step={ev.step_size:.5g} steps={ev.steps} "
             f"random_start={ev.random_start}",
@@ -270,45 +343,59 @@ def assemble_tables(rows, sweep_config, command) -> list[str]:
             ),
             "corruptions": _corruption_setting(ev),
         }
-        notes = list(sweep_config.notes) + [
-            "Columns: clean, corruption (mean over corruptions and severities), pgd20 (PGD-CE at "
-            "the training T), cw (PGD on the C&W margin, L-inf), then diagnostics: pgd20_ce_t1 "
-            "(CE at T=1), pgd20_margin, pgd20_targeted_top3, pgd20_dlr, worst_case_pgd (robust to "
-            "all of those), autoattack (APGD-CE, APGD-T, FAB-T, Square), worst_case (robust to "
-            "every attack, PGD and AutoAttack), masking_gap = pgd20 - worst_case, cw_l2 (robust "
-            "accuracy at the L2 radius), cw_l2_median_distance. "
-            "Values: mean ± std over seeds (n = seeds).",
-        ]
-        if "train/seconds" in group and group["train/seconds"].notna().any():
-            times = "; ".join(
-                f"T={r.temperature:g} s{int(r.seed)}: {r['train/seconds'] / 60:.1f} / "
-                f"{r['eval/seconds'] / 60:.1f}"
-                for _, r in group.sort_values(["temperature", "seed"]).iterrows()
-                if pd.notna(r.get("train/seconds"))
-            )
-            notes.append(f"Wall time per cell, training / evaluation (minutes): {times}.")
-        records = summary.to_dict("records")
-        references = list(sweep_config.get("reference_rows", ()))
-        if references:
-            records = [{"source": "ours", **r} for r in records]
-            records += [dict(r) for r in references]
-        tables.write_table(records, stem, command=command, settings=settings, notes=notes)
-        per_run = group.sort_values(["temperature", "seed"])
-        per_run.to_csv(stem + "_runs.csv", index=False)
-        paths += [stem + ".csv", stem + ".md", stem + "_runs.csv"]
-    return paths
+    )
+    return settings
+
+
+COLUMNS_NOTE = (
+    "Columns: clean, corruption (mean over corruptions and severities), pgd20 (PGD-CE at "
+    "the training T), cw (PGD on the C&W margin, L-inf), then diagnostics: pgd20_ce_t1 "
+    "(CE at T=1), pgd20_margin, pgd20_targeted_top3, pgd20_dlr, worst_case_pgd (robust to "
+    "all of those), autoattack (APGD-CE, APGD-T, FAB-T, Square), worst_case (robust to "
+    "every attack, PGD and AutoAttack), masking_gap = pgd20 - worst_case, cw_l2 (robust "
+    "accuracy at the L2 radius), cw_l2_median_distance. "
+    "Values: mean ± std over seeds (n = seeds); the CSV holds them as numeric `<column>` "
+    "and `<column>_std` columns."
+)
+
+
+def _table_notes(sweep_config, group) -> list[str]:
+    """The sweep's notes, the columns' meaning and each cell's wall time."""
+    notes = list(sweep_config.notes) + [COLUMNS_NOTE]
+    if "train/seconds" in group and group["train/seconds"].notna().any():
+        times = "; ".join(
+            f"T={r.temperature:g} s{int(r.seed)}"
+            + (f" {r['variant']}" if r.get("variant") else "")
+            + f": {r['train/seconds'] / 60:.1f} / {r['eval/seconds'] / 60:.1f}"
+            for _, r in group.sort_values(["temperature", "seed"]).iterrows()
+            if pd.notna(r.get("train/seconds"))
+        )
+        notes.append(f"Wall time per cell, training / evaluation (minutes): {times}.")
+    return notes
 
 
 def _corruption_setting(ev) -> str:
-    names = [c for c in ev.corruptions.split(",") if c]
+    names = evaluation.as_list(ev.corruptions)
     if not names:
         return "off"
     source = "official CIFAR-10-C" if ev.cifar10c_dir else "generated"
-    return f"{len(names)} corruptions x severities {ev.severities}, {source}"
+    severities = ",".join(str(s) for s in evaluation.as_list(ev.severities))
+    return f"{len(names)} corruptions x severities {severities}, {source}"
 
 
 def run_sweep(sweep_config, root, command="", progress=False, max_cells=None) -> list[str]:
-    """Run every cell (skipping finished ones) and rewrite the tables after each cell."""
+    """Run every cell (skipping finished ones) and rewrite the tables after each cell.
+
+    Args:
+      sweep_config: the sweep config (see the module docstring).
+      root: the sweep's workdir (one run folder per cell).
+      command: the command line, recorded in the tables.
+      progress: show progress bars.
+      max_cells: stop after this many new (not already finished) cells; None: all.
+
+    Returns:
+      the table paths written.
+    """
     for t in sweep_config.temperatures:
         check_temperature(t)
     if not sweep_config.seeds or not sweep_config.datasets:

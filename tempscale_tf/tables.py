@@ -5,16 +5,31 @@ from __future__ import annotations
 import datetime
 import pathlib
 
+import numpy as np
 import pandas as pd
 
 from tempscale_tf.files import atomic_write_text
 
+STD_SUFFIX = "_std"
 
-def write_table(rows, path_stem, command: str, settings: dict, notes=(), floatfmt=".4g") -> str:
+
+def write_table(
+    rows, path_stem, command: str, settings: dict, notes=(), floatfmt=".4g", pm_digits=4
+) -> str:
     """Write `<path_stem>.csv` and `<path_stem>.md`; return the Markdown.
 
-    The CSV starts with `# key: value` comment lines (command, settings, date); read it back with
-    `pandas.read_csv(path, comment="#")`.
+    Args:
+      rows: a list of dicts (or a DataFrame), one per table row.
+      path_stem: the output path without extension.
+      command: the exact command that made the table (written in both files).
+      settings: the settings to record (dataset, model, epochs, seeds, attack parameters...).
+      notes: extra lines written under the Markdown table and as CSV comments.
+      floatfmt: the Markdown number format.
+      pm_digits: decimals of the "mean ± std" text that the Markdown shows for each
+        `<column>` + `<column>_std` pair (see `mean_std`).
+
+    The CSV starts with `# key: value` comment lines (command, settings, date) and keeps every
+    column numeric; read it back with `read_table` (`pandas.read_csv(path, comment="#")`).
     """
     frame = pd.DataFrame(rows)
     stem = pathlib.Path(path_stem)
@@ -33,7 +48,7 @@ def write_table(rows, path_stem, command: str, settings: dict, notes=(), floatfm
         "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()) + f" (generated {date}).",
         "",
     ]
-    md.append(frame.to_markdown(index=False, floatfmt=floatfmt))
+    md.append(plus_minus(frame, pm_digits).to_markdown(index=False, floatfmt=floatfmt))
     if notes:
         md += ["", *[f"- {n}" for n in notes]]
     text = "\n".join(md) + "\n"
@@ -54,10 +69,17 @@ def append_row(path, row: dict) -> pd.DataFrame:
     return frame
 
 
-def mean_std(frame: pd.DataFrame, by, columns, digits=4) -> pd.DataFrame:
-    """Group `frame` by `by` and format each column as "mean ± std" (std over the group's rows).
+def mean_std(frame: pd.DataFrame, by, columns) -> pd.DataFrame:
+    """Group `frame` by `by`: each column's mean in `<column>` and its standard deviation over
+    the group's rows (ddof 1; NaN for a group of one) in `<column>_std`, both numeric.
 
-    Also adds `n` (rows per group). A group of one row shows the mean alone.
+    Also adds `n` (rows per group). `write_table` shows each pair as "mean ± std" in the
+    Markdown and keeps the two numeric columns in the CSV.
+
+    Args:
+      frame: one row per run.
+      by: the column (or list of columns) to group by.
+      columns: the numeric columns to summarise.
     """
     out = []
     for key, group in frame.groupby(by, sort=True):
@@ -66,14 +88,28 @@ def mean_std(frame: pd.DataFrame, by, columns, digits=4) -> pd.DataFrame:
         )
         rec["n"] = len(group)
         for c in columns:
-            if c not in group or group[c].isna().all():
-                rec[c] = ""
-                continue
-            values = group[c].dropna().to_numpy(dtype=float)
-            rec[c] = (
-                f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
-                if len(values) > 1
-                else f"{values.mean():.{digits}f}"
-            )
+            values = group[c].dropna().to_numpy(dtype=float) if c in group else np.zeros(0)
+            rec[c] = values.mean() if len(values) else np.nan
+            rec[f"{c}{STD_SUFFIX}"] = values.std(ddof=1) if len(values) > 1 else np.nan
         out.append(rec)
     return pd.DataFrame(out)
+
+
+def plus_minus(frame: pd.DataFrame, digits=4) -> pd.DataFrame:
+    """`frame` with every `<column>` + `<column>_std` pair merged into "mean ± std" text (the
+    mean alone where the std is NaN, "" where the mean is NaN), for display."""
+    frame = frame.copy()
+    for std in [c for c in frame.columns if c.endswith(STD_SUFFIX)]:
+        column = std[: -len(STD_SUFFIX)]
+        if column not in frame:
+            continue
+        frame[column] = [
+            ""
+            if pd.isna(m)
+            else f"{m:.{digits}f}"
+            if pd.isna(sd)
+            else f"{m:.{digits}f} ± {sd:.{digits}f}"
+            for m, sd in zip(frame[column], frame[std])
+        ]
+        frame = frame.drop(columns=std)
+    return frame

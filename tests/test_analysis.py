@@ -2,21 +2,17 @@
 
 import json
 import math
-import os
-import pathlib
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import run_launcher
 
 from tempscale_tf import tables
 from tempscale_tf.analysis import geometry, gradients, history, ood, rank
 from tempscale_tf.losses import temperature_cross_entropy
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 TEMPERATURES = (0.1, 1.0, 10.0, 100.0)
 
 
@@ -350,23 +346,15 @@ def test_analyze_script_end_to_end(tmp_path):
             config, tmp_path / "runs" / f"t{temperature:g}", tf.distribute.get_strategy(), False
         )
     out = tmp_path / "figures"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "launch/analyze.py",
-            f"--workdirs={tmp_path / 'runs' / '*'},{tmp_path / 'missing'}",
-            f"--outdir={out}",
-            f"--table={tmp_path / 'table'}",
-            "--subsample=96",
-            "--pgd_steps=2",
-            "--tsne_examples=60",
-            "--sweep_temperatures=0.1,1,10",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
+    result = run_launcher(
+        "analyze",
+        f"--workdirs={tmp_path / 'runs' / '*'},{tmp_path / 'missing'}",
+        f"--outdir={out}",
+        f"--table={tmp_path / 'table'}",
+        "--subsample=96",
+        "--pgd_steps=2",
+        "--tsne_examples=60",
+        "--sweep_temperatures=0.1,1,10",
         timeout=400,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -388,15 +376,11 @@ def test_analyze_script_end_to_end(tmp_path):
 
     # One figure at a time (the README's per-figure commands), and a clear error for a typo.
     one = tmp_path / "one"
-    base = [sys.executable, "launch/analyze.py", f"--workdirs={tmp_path / 'runs' / 't1'}"]
-    base += [f"--outdir={one}", "--subsample=32", "--pgd_steps=1"]
-    result = subprocess.run(
-        [*base, "--figures=rank"], cwd=REPO, env=env, capture_output=True, text=True, timeout=400
-    )
+    base = [f"--workdirs={tmp_path / 'runs' / 't1'}", f"--outdir={one}", "--subsample=32"]
+    base += ["--pgd_steps=1"]
+    result = run_launcher("analyze", *base, "--figures=rank", timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in one.glob("*.png")) == ["rank.png"]
     _check_png(one / "rank.png")
-    result = subprocess.run(
-        [*base, "--figures=rank,tsnee"], cwd=REPO, env=env, capture_output=True, text=True
-    )
+    result = run_launcher("analyze", *base, "--figures=rank,tsnee")
     assert result.returncode != 0 and "Unknown --figures ['tsnee']" in result.stderr

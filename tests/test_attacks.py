@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import exact_linear_model, small_conv_model
 
 from tempscale_tf import distribute
 from tempscale_tf.attacks import (
@@ -42,52 +43,14 @@ def _l2(a, b):
 
 @pytest.fixture(scope="module")
 def linear():
-    """f(x) = W x + b on flattened 8x8x1 images in [0.4, 0.6], with its exact distances.
-
-    For a linear model, x is misclassified iff some z_j >= z_y, so the minimal distance in a
-    norm is min_{j != y} (z_y - z_j) / ||w_y - w_j||_dual (L-inf: dual L1; L2: dual L2),
-    as long as the [0, 1] box does not bind (checked by the tests).
-    """
-    rng = np.random.default_rng(1234)
-    dim, n = 64, 200
-    model = keras.Sequential(
-        [keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(NUM_CLASSES)]
-    )
-    w = rng.normal(0.0, 0.2, (dim, NUM_CLASSES)).astype("float32")
-    b = rng.normal(0.0, 0.1, NUM_CLASSES).astype("float32")
-    model.layers[-1].set_weights([w, b])
-    x = rng.uniform(0.4, 0.6, (n, 8, 8, 1)).astype("float32")
-    z = x.reshape(n, dim).astype("float64") @ w + b
-    y = z.argmax(axis=1)  # every example correctly classified: all distances > 0
-    w_diff = w[:, y].T[:, :, None] - w[None, :, :]  # [n, dim, K]: w_y - w_j
-    gap = z[np.arange(n), y][:, None] - z  # [n, K]: z_y - z_j
-    wrong = np.arange(NUM_CLASSES)[None] != y[:, None]
-    l1 = np.abs(w_diff).sum(axis=1)
-    l2 = np.sqrt((w_diff**2).sum(axis=1))
-    d_inf = np.where(wrong, gap / np.where(wrong, l1, 1.0), np.inf).min(axis=1)
-    d_2_all = np.where(wrong, gap / np.where(wrong, l2, 1.0), np.inf)
-    d_2 = d_2_all.min(axis=1)
-    # The exact minimal L2 perturbation, to check that the box does not bind for C&W.
-    j = d_2_all.argmin(axis=1)
-    direction = w_diff[np.arange(n), :, j] / l2[np.arange(n), j][:, None]
-    delta_2 = -d_2[:, None] * direction
-    return dict(model=model, x=x, y=y, d_inf=d_inf, d_2=d_2, delta_2=delta_2)
+    """The exact-distance linear model (conftest.exact_linear_model), weights ~ N(0, 0.2)."""
+    return exact_linear_model(n=200, weight_std=0.2, bias_std=0.1, num_classes=NUM_CLASSES)
 
 
 @pytest.fixture(scope="module")
 def conv():
     """A small random conv net and 256 random images it classifies as `y`."""
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((8, 8, 3)),
-            keras.layers.Conv2D(8, 3, activation="relu"),
-            keras.layers.Flatten(),
-            keras.layers.Dense(NUM_CLASSES),
-        ]
-    )
-    x = np.random.default_rng(0).uniform(0.0, 1.0, (256, 8, 8, 3)).astype("float32")
-    return dict(model=model, x=x, y=_predict(model, x))
+    return small_conv_model(256, NUM_CLASSES)
 
 
 # --------------------------------------------------------------------------- PGD
@@ -129,7 +92,7 @@ def test_pgd_stays_in_ball_and_box(conv, norm, eps, step):
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_pgd_margin_on_linear_model_matches_exact_distance(linear, norm):
     model, x, y = linear["model"], linear["x"], linear["y"]
-    d = linear["d_inf"] if norm == "linf" else linear["d_2"]
+    d = linear["linf"] if norm == "linf" else linear["l2"]
     eps = float(np.median(d))
     # The box never binds: the ball around every x stays inside [0, 1] in every pixel.
     assert x.min() - eps >= 0.0 and x.max() + eps <= 1.0
@@ -296,7 +259,7 @@ def test_pgd_compiles_once_per_model_and_settings():
 
 
 def test_carlini_wagner_l2_on_linear_model(linear):
-    model, x, y, d_2 = linear["model"], linear["x"], linear["y"], linear["d_2"]
+    model, x, y, d_2 = linear["model"], linear["x"], linear["y"], linear["l2"]
     minimiser = x.reshape(len(x), -1) + linear["delta_2"]
     assert minimiser.min() >= 0.0 and minimiser.max() <= 1.0  # the box does not bind
     # lr 1e-3: with the reference's 1e-2, Adam's per-coordinate normalisation makes the first
@@ -380,7 +343,7 @@ def test_worst_case_is_the_worst_over_attacks(conv):
 def test_worst_case_default_attacks_reach_exact_rate_on_linear_model(linear, norm):
     # The targeted top-3 attack removes untargeted PGD's local maxima (see above).
     model, x, y = linear["model"], linear["x"], linear["y"]
-    d = linear["d_inf"] if norm == "linf" else linear["d_2"]
+    d = linear["linf"] if norm == "linf" else linear["l2"]
     eps = float(np.median(d))
     attacks = default_attacks(eps, temperature=1.0, steps=30, norm=norm, random_start=False)
     result = worst_case(model, x, y, attacks, eps=eps, norm=norm)

@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import exact_linear_model, small_conv_model
 
 from tempscale_tf import distribute
 from tempscale_tf.attacks import (
@@ -56,56 +57,17 @@ def _assert_in_threat_model(adv, x, eps, norm):
 
 @pytest.fixture(scope="module")
 def linear():
-    """f(x) = W x + b on 8x8x1 images in [0.4, 0.6], with its exact minimal distances.
-
-    x is misclassified iff some z_j >= z_y, so the minimal distance is
-    min_{j != y} (z_y - z_j) / ||w_y - w_j||_dual (L-inf: dual L1; L2: dual L2) while the
-    [0, 1] box does not bind (the tests check that it cannot). The logits are scaled like a
-    trained network's (weights ~ N(0, 2)): with ~N(0, 0.2) weights the softmax is nearly
+    """The exact-distance linear model (conftest.exact_linear_model) with its logits scaled like
+    a trained network's (weights ~ N(0, 2)): with ~N(0, 0.2) weights the softmax is nearly
     uniform, and maximising the cross-entropy (APGD-CE, like PGD-CE) then fools only half of
-    the examples it could. The scale changes no distance.
-    """
-    rng = np.random.default_rng(1234)
-    dim, n = 64, 100
-    model = keras.Sequential(
-        [keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(NUM_CLASSES)]
-    )
-    w = rng.normal(0.0, 2.0, (dim, NUM_CLASSES)).astype("float32")
-    b = rng.normal(0.0, 1.0, NUM_CLASSES).astype("float32")
-    model.layers[-1].set_weights([w, b])
-    x = rng.uniform(0.4, 0.6, (n, 8, 8, 1)).astype("float32")
-    z = x.reshape(n, dim).astype("float64") @ w + b
-    y = z.argmax(axis=1)  # every example correctly classified: all distances > 0
-    w_diff = w[:, y].T[:, :, None] - w[None, :, :]  # [n, dim, K]: w_y - w_j
-    gap = z[np.arange(n), y][:, None] - z  # [n, K]: z_y - z_j
-    wrong = np.arange(NUM_CLASSES)[None] != y[:, None]
-
-    def distance(dual_norm):
-        return np.where(wrong, gap / np.where(wrong, dual_norm, 1.0), np.inf).min(axis=1)
-
-    return dict(
-        model=model,
-        x=x,
-        y=y,
-        linf=distance(np.abs(w_diff).sum(axis=1)),
-        l2=distance(np.sqrt((w_diff**2).sum(axis=1))),
-    )
+    the examples it could. The scale changes no distance."""
+    return exact_linear_model(n=100, weight_std=2.0, bias_std=1.0, num_classes=NUM_CLASSES)
 
 
 @pytest.fixture(scope="module")
 def conv():
     """A small random conv net and 64 random images it classifies as `y`."""
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((8, 8, 3)),
-            keras.layers.Conv2D(8, 3, activation="relu"),
-            keras.layers.Flatten(),
-            keras.layers.Dense(NUM_CLASSES),
-        ]
-    )
-    x = np.random.default_rng(0).uniform(0.0, 1.0, (64, 8, 8, 3)).astype("float32")
-    return dict(model=model, x=x, y=_predict(model, x))
+    return small_conv_model(64, NUM_CLASSES)
 
 
 def _exact(linear, norm):

@@ -1,13 +1,10 @@
 """Calibration metrics against numpy references, temperature scaling, and launch/calibrate.py."""
 
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from conftest import run_launcher
 
 from tempscale_tf import calibration
 from tempscale_tf.calibration import (
@@ -17,8 +14,6 @@ from tempscale_tf.calibration import (
     fit_temperature,
     negative_log_likelihood,
 )
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _softmax(z):
@@ -303,19 +298,11 @@ def test_calibrate_launcher_end_to_end(tmp_path):
     run = tmp_path / "run"
     training.train(config, run, progress=False)
     out = tmp_path / "cal"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "launch/calibrate.py",
-            f"--workdir={run}",
-            f"--output_dir={out}",
-            f"--table={tmp_path / 'table'}",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
+    result = run_launcher(
+        "calibrate",
+        f"--workdir={run}",
+        f"--output_dir={out}",
+        f"--table={tmp_path / 'table'}",
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -83,3 +83,23 @@ def test_time_to_accuracy_table(tmp_path):
     assert row["minutes_to_0.9"] == pytest.approx(160 / 60)
     assert row["minutes_to_0.93"] == pytest.approx(280 / 60)
     assert row["run"] == "m T=1 bfloat16" and row["final_test_accuracy"] == 0.935
+
+
+def test_demo_writes_under_its_workdir_and_leaves_the_checkout_clean(tmp_path, repo_root):
+    """`make demo` must not rewrite the committed tables/demo_digits: its table goes to the
+    workdir unless `--update_committed` asks for the committed one."""
+    committed = repo_root / "tables" / "demo_digits.csv"
+    before = committed.read_bytes()
+    result = run_launcher("demo", f"--workdir={tmp_path}", "--epochs=1", "--temperatures=1,50*")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert committed.read_bytes() == before
+    from tempscale_tf import tables
+
+    frame = tables.read_table(tmp_path / "demo_digits.csv")
+    assert frame["temperature"].tolist() == [1.0, 50.0]
+    # The lr x T row: lr x 50 and weight decay / 50 (the digits config: lr 0.05, wd 5e-4).
+    assert frame["lr"].tolist() == pytest.approx([0.05, 2.5])
+    assert frame["weight_decay"].tolist() == pytest.approx([5e-4, 1e-5])
+    assert ((frame["clean_accuracy"] >= 0) & (frame["clean_accuracy"] <= 1)).all()
+    both = run_launcher("demo", "--update_committed", "--table=x", f"--workdir={tmp_path}")
+    assert both.returncode == 2 and "--update_committed" in both.stderr

@@ -1,20 +1,15 @@
 """Distillation loss against numpy, the T^2 factor, the Distiller, and launch/distill.py."""
 
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import run_launcher
 
 from tempscale_tf import distribute
 from tempscale_tf.distillation import Distiller, distillation_loss, distillation_terms
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _softmax(z):
@@ -221,20 +216,12 @@ def test_distiller_rejects_bad_setups():
 
 
 def test_distill_launcher_smoke(tmp_path):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "launch/distill.py",
-            "--config=configs/distill_digits.py:smoke",
-            f"--workdir={tmp_path / 'work'}",
-            f"--table={tmp_path / 'table'}",
-            "--config.teacher.model_kwargs.width=4",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
+    result = run_launcher(
+        "distill",
+        "--config=configs/distill_digits.py:smoke",
+        f"--workdir={tmp_path / 'work'}",
+        f"--table={tmp_path / 'table'}",
+        "--config.teacher.model_kwargs.width=4",
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]

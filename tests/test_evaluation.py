@@ -1,26 +1,21 @@
 """Evaluation columns, gradient-masking diagnostics, the sweep and the evaluate script."""
 
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
+from conftest import run_launcher
 
 from tempscale_tf import attacks, data, evaluation, sweep, tables
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def quick_eval(**overrides):
     c = evaluation.default_eval_config()
     c.num_examples, c.batch_size, c.steps = 120, 120, 10
-    c.corruptions, c.severities = "gaussian_noise,contrast", "1,5"
+    c.corruptions, c.severities = ("gaussian_noise", "contrast"), (1, 5)
     c.cw_l2_examples, c.cw_l2_binary_search_steps, c.cw_l2_max_iterations = 20, 3, 30
     c.random_start = False
     c.autoattack_steps, c.autoattack_queries = 10, 100
@@ -82,7 +77,7 @@ def test_columns_are_consistent(linear_digits_model):
 def test_masking_gap_exposes_saturated_softmax(linear_digits_model):
     """Logits x 1e4 (an effective T of 1e-4): CE at T=1 sees zero gradients, margin/DLR do not."""
     scaled = keras.Sequential([linear_digits_model, keras.layers.Rescaling(1e4)])
-    config = quick_eval(corruptions="", cw_l2_examples=0, eps=16 / 255, step_size=4 / 255)
+    config = quick_eval(corruptions=(), cw_l2_examples=0, eps=16 / 255, step_size=4 / 255)
     plain = evaluation.evaluate_model(linear_digits_model, 1.0, "digits", config, progress=False)
     masked = evaluation.evaluate_model(scaled, 1.0, "digits", config, progress=False)
     assert masked["clean"] == pytest.approx(plain["clean"])
@@ -152,13 +147,17 @@ def test_tiny_sweep_writes_table_and_resumes(tmp_path):
     assert str(md) in paths and md.exists()
     frame = tables.read_table(tmp_path / "tables" / "table1_digits_small_cnn.csv")
     assert frame["temperature"].tolist() == [1.0, 30.0] and frame["n"].tolist() == [2, 2]
-    assert list(frame.columns[2:6]) == ["clean", "corruption", "pgd20", "cw"]
-    assert all("±" in v for v in frame["clean"])
+    assert list(frame.columns[2:6]) == ["clean", "clean_std", "corruption", "corruption_std"]
     runs = pd.read_csv(tmp_path / "tables" / "table1_digits_small_cnn_runs.csv")
     assert len(runs) == 4
-    clean_mean = runs[runs.temperature == 1.0]["clean"].mean()
-    assert frame["clean"][0].startswith(f"{clean_mean:.3f}")
+    # The CSV is numeric: the mean and the standard deviation over seeds (ddof 1).
+    at_1 = runs[runs.temperature == 1.0]
+    assert frame["clean"][0] == pytest.approx(at_1["clean"].mean())
+    assert frame["pgd20_std"][0] == pytest.approx(np.std(at_1["pgd20"], ddof=1))
     text = md.read_text()
+    # The Markdown shows each pair as "mean ± std".
+    mean, std = at_1["clean"].mean(), np.std(at_1["clean"], ddof=1)
+    assert f"{mean:.3f} ± {std:.3f}" in text and "clean_std" not in text
     assert "Command: `pytest`" in text and "seeds=[0, 1]" in text and "eps=" in text
     stamps = {p: p.stat().st_mtime for p in (tmp_path / "runs").rglob("eval.json")}
     sweep.run_sweep(config, str(tmp_path / "runs"), command="pytest")  # resumes: nothing to do
@@ -181,38 +180,35 @@ def test_evaluate_script(tmp_path):
     from tempscale_tf import training
 
     config = digits_small.get_config("smoke")
-    config.train_subset, config.model_kwargs.width, config.export = 128, 4, False
+    config.train_subset, config.model_kwargs.width = 128, 4
+    config.temperature = 3.0
     training.train(config, tmp_path / "run", progress=False)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "launch/evaluate.py",
-            f"--workdir={tmp_path / 'run'}",
-            "--eval_config=configs/eval_cifar.py:quick",
-            "--num_examples=32",
-            "--steps=3",
-            "--cw_l2_examples=4",
-            "--progress=false",
-            f"--csv={tmp_path / 'rows.csv'}",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    quick = ["--eval_config=configs/eval_cifar.py:quick", "--num_examples=32", "--steps=3"]
+    quick += ["--cw_l2_examples=4", "--progress=false", f"--csv={tmp_path / 'rows.csv'}"]
+    result = run_launcher("evaluate", f"--workdir={tmp_path / 'run'}", *quick)
     assert result.returncode == 0, result.stderr[-2000:]
     row = tables.read_table(tmp_path / "rows.csv").iloc[0]
-    assert row["temperature"] == 1.0 and row["eval/steps"] == 3 and "evaluate.py" in row["command"]
+    assert row["temperature"] == 3.0 and row["eval/steps"] == 3 and "evaluate.py" in row["command"]
     assert (tmp_path / "run" / "eval.json").exists()
-    bad = subprocess.run(
-        [sys.executable, "launch/evaluate.py", f"--workdir={tmp_path / 'none'}"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
+    # The same model from its exported .keras file (the form of the committed models): the
+    # temperature comes from tempscale_info.json and eval.json goes to --output_dir.
+    keras_file = tmp_path / "run" / "export" / "model.keras"
+    result = run_launcher(
+        "evaluate",
+        f"--keras_model={keras_file}",
+        "--dataset=digits",
+        f"--output_dir={tmp_path / 'out'}",
+        *quick,
     )
+    assert result.returncode == 0, result.stderr[-2000:]
+    from_file = json.loads((tmp_path / "out" / "eval.json").read_text())
+    assert from_file["temperature"] == 3.0
+    assert from_file["clean"] == row["clean"] and from_file["pgd20"] == row["pgd20"]
+    assert not (keras_file.parent / "eval.json").exists()
+    bad = run_launcher("evaluate", f"--workdir={tmp_path / 'none'}")
     assert bad.returncode == 2 and "config.json" in bad.stderr
+    both = run_launcher("evaluate", f"--workdir={tmp_path / 'run'}", f"--keras_model={keras_file}")
+    assert both.returncode == 2 and "exactly one" in both.stderr
 
 
 def test_sweep_commits_cells_and_skips_them_anywhere(tmp_path, monkeypatch):
@@ -288,3 +284,15 @@ def test_default_num_examples_uses_a_smaller_split_whole():
     np.testing.assert_allclose(x, x_all)
     x_small, _ = evaluation.subset_arrays("digits", "test", None, 100)
     assert len(x_small) == 100
+
+
+def test_eval_settings_of_older_eval_json_still_match():
+    """Cells evaluated when `corruptions`/`severities` were comma-separated strings compare
+    equal to the same settings as tuples (so committed cells are not recomputed)."""
+    config = evaluation.default_eval_config()
+    settings = sweep._eval_settings(config)
+    assert settings["severities"] == [1, 2, 3, 4, 5] and "fog" in settings["corruptions"]
+    older = dict(settings, corruptions=",".join(settings["corruptions"]), severities="1,2,3,4,5")
+    assert sweep._normalized(older) == settings
+    older["severities"] = "1,5"
+    assert sweep._normalized(older) != settings

@@ -1,16 +1,10 @@
 """The Gaussian-cluster experiment recovers the Bayes temperature T = 2 sigma^2."""
 
-import os
-import pathlib
-import subprocess
-import sys
-
 import numpy as np
 import pytest
+from conftest import run_launcher
 
 from tempscale_tf import gaussian
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_bayes_posterior_is_a_softmax_at_t_equal_two_sigma_squared():
@@ -73,21 +67,13 @@ def test_bad_arguments():
 
 
 def test_gaussian_launcher_writes_the_table(tmp_path):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "launch/gaussian_clusters.py",
-            "--sigmas=1",
-            "--num_train=2000",
-            "--num_test=2000",
-            "--steps=50",
-            f"--table={tmp_path / 'g'}",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
+    result = run_launcher(
+        "gaussian_clusters",
+        "--sigmas=1",
+        "--num_train=2000",
+        "--num_test=2000",
+        "--steps=50",
+        f"--table={tmp_path / 'g'}",
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]

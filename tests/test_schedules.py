@@ -70,3 +70,35 @@ def test_schedule_rejects_bad_settings(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         WarmupSchedule(**args)
+
+
+def test_keras_equivalents_where_they_exist():
+    """The docstring's claim: without warm-up, "cosine" is Keras' CosineDecay and "step" is
+    PiecewiseConstantDecay with each boundary one step earlier (ours switches at the milestone
+    step, Keras after its boundary). Checked over the whole curve."""
+    total, lr = 200, 0.4
+    steps = np.arange(total + 5)
+    ours = WarmupSchedule(lr, total, 0, "cosine")
+    theirs = keras.optimizers.schedules.CosineDecay(lr, decay_steps=total)
+    np.testing.assert_allclose(
+        [float(ours(s)) for s in steps], [float(theirs(s)) for s in steps], rtol=1e-5, atol=1e-7
+    )
+    ours = WarmupSchedule(lr, total, 0, "step", milestones=(0.5, 0.75), gamma=0.1)
+    theirs = keras.optimizers.schedules.PiecewiseConstantDecay(
+        [0.5 * total - 1, 0.75 * total - 1], [lr, lr * 0.1, lr * 0.01]
+    )
+    np.testing.assert_allclose(
+        [float(ours(s)) for s in steps], [float(theirs(s)) for s in steps], rtol=1e-6
+    )
+    # Warm-up is where they differ: ours starts at lr / warmup_steps, Keras' at its initial rate.
+    warm = WarmupSchedule(lr, total, 10, "cosine")
+    keras_warm = keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=total - 10, warmup_target=lr, warmup_steps=10
+    )
+    assert float(warm(0)) == pytest.approx(lr / 10) and float(keras_warm(0)) == 0.0
+    np.testing.assert_allclose(
+        [float(warm(s)) for s in range(10, total)],
+        [float(keras_warm(s)) for s in range(10, total)],
+        rtol=1e-5,
+        atol=1e-7,
+    )

@@ -55,7 +55,9 @@ def extract_features(model, images, batch_size: int = 256, layer_name: str = "fe
       (features float32 [N, D], logits float32 [N, K]).
     """
     extractor = feature_extractor(model, layer_name)
-    call = tf.function(lambda x: extractor(x, training=False), reduce_retracing=True)
+    call = tf.function(
+        lambda x: extractor(x, training=False), reduce_retracing=True, autograph=False
+    )
     features, logits = [], []
     for start in range(0, len(images), batch_size):
         f, z = call(tf.convert_to_tensor(images[start : start + batch_size], tf.float32))

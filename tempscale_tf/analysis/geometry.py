@@ -12,7 +12,13 @@ import numpy as np
 
 
 def class_prototypes(features, labels, num_classes=None) -> np.ndarray:
-    """Class-mean features [K, D] (rows of classes without samples are NaN)."""
+    """Class-mean features [K, D] (rows of classes without samples are NaN).
+
+    Args:
+      features: `[N, D]`.
+      labels: int `[N]`.
+      num_classes: K (default: the largest label + 1).
+    """
     features = np.asarray(features, np.float64)
     labels = np.asarray(labels, np.int64)
     k = int(num_classes if num_classes is not None else labels.max() + 1)
@@ -103,6 +109,12 @@ def prototype_direction_cosines(features, labels, feature_gradients, prototypes)
     step moves the feature straight towards its class prototype. Samples sitting on their
     prototype or with a zero gradient get 0.
 
+    Args:
+      features: `[N, D]`.
+      labels: int `[N]`.
+      feature_gradients: `[N, D]`, the per-sample loss gradients w.r.t. the features.
+      prototypes: `[K, D]` (`class_prototypes`).
+
     Returns:
       float64 [N].
     """
@@ -116,6 +128,12 @@ def tsne_embedding(features, max_examples=1000, seed=0, perplexity=30.0):
 
     Features are standardised by their overall scale (divided by the RMS norm) first, so runs
     with different feature scales get comparable perplexity calibration.
+
+    Args:
+      features: `[N, D]`.
+      max_examples: embed a seeded sample of this many (None/0: all).
+      seed: the sample's and t-SNE's seed.
+      perplexity: t-SNE's perplexity (capped below the sample size).
 
     Returns:
       (embedding float32 [n, 2], indices [n] of the embedded samples).

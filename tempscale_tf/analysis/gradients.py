@@ -55,14 +55,26 @@ def logit_margin(logits, labels) -> np.ndarray:
 
 
 def logit_gradients(logits, labels, temperature=1.0) -> np.ndarray:
-    """Per-sample gradient of `CE(softmax(z / T), y)` w.r.t. the logits: `(p - y) / T` [N, K]."""
+    """Per-sample gradient of `CE(softmax(z / T), y)` w.r.t. the logits: `(p - y) / T` [N, K].
+
+    Args:
+      logits: `[N, K]`.
+      labels: int `[N]`.
+      temperature: T, which divides the logits.
+    """
     t = check_temperature(temperature)
     logits = np.asarray(logits, np.float64)
     return (softmax(logits, t) - one_hot(labels, logits.shape[-1])) / t
 
 
 def logit_gradient_norms(logits, labels, temperature=1.0) -> np.ndarray:
-    """`||softmax(z / T) - y||_2 / T` per sample [N]."""
+    """`||softmax(z / T) - y||_2 / T` per sample [N].
+
+    Args:
+      logits: `[N, K]`.
+      labels: int `[N]`.
+      temperature: T, which divides the logits.
+    """
     return np.linalg.norm(logit_gradients(logits, labels, temperature), axis=-1)
 
 
@@ -128,7 +140,13 @@ def hard_mask(margins, rule: str = "quartile", quantile: float = 0.25) -> np.nda
 
 
 def gradient_share(norms, mask, power: float = 1.0) -> float:
-    """Fraction `sum_{mask} ||g_i||^power / sum_i ||g_i||^power` (NaN if all gradients are 0)."""
+    """Fraction `sum_{mask} ||g_i||^power / sum_i ||g_i||^power` (NaN if all gradients are 0).
+
+    Args:
+      norms: per-sample gradient norms `[N]`.
+      mask: bool `[N]`, the samples whose share is returned.
+      power: the exponent on the norms.
+    """
     weights = np.asarray(norms, np.float64) ** power
     total = weights.sum()
     return float(weights[np.asarray(mask, bool)].sum() / total) if total > 0 else float("nan")
@@ -142,6 +160,13 @@ def gradient_statistics(logits, labels, temperature=1.0, kernel=None, quantile=0
     margins), `misclassified_share` (from the misclassified samples; 0 if there are none),
     `misclassified_fraction`, and with `kernel` also `feature_norm_{mean,median}` and
     `feature_hard_share` (feature-space norms of `kernel @ (p - y) / T`).
+
+    Args:
+      logits: `[N, K]`.
+      labels: int `[N]`.
+      temperature: T, which divides the logits.
+      kernel: the head's kernel `[D, K]` for the feature-space norms (None: skip them).
+      quantile: the fraction of lowest-margin samples called hard.
     """
     margins = logit_margin(logits, labels)
     norms = logit_gradient_norms(logits, labels, temperature)
@@ -170,6 +195,12 @@ def temperature_sweep(logits, labels, temperatures, quantile=0.25) -> dict:
     Answers "which samples would drive the update if this model's loss were taken at T?" (the
     logits stay fixed; only the loss temperature changes).
 
+    Args:
+      logits: `[N, K]` (fixed).
+      labels: int `[N]`.
+      temperatures: the loss temperatures.
+      quantile: the fraction of lowest-margin samples called hard.
+
     Returns:
       dict of float arrays over `temperatures`: `temperature`, `hard_share`,
       `misclassified_share`, `logit_norm_hard_median`, `logit_norm_easy_median`.
@@ -186,6 +217,11 @@ def two_level_gradient_norm(margins, temperature, num_classes: int = 10) -> np.n
 
     The closed form of the model-free curve: `p_y = e^{m/T} / (e^{m/T} + K - 1)`,
     `||p - y||^2 = (1 - p_y)^2 + (K - 1) p_j^2` with `p_j = (1 - p_y) / (K - 1)`, divided by T.
+
+    Args:
+      margins: the margins m (array).
+      temperature: T.
+      num_classes: K.
     """
     t = check_temperature(temperature)
     m = np.asarray(margins, np.float64)

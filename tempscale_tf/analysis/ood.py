@@ -111,6 +111,11 @@ def fpr_at_tpr(scores_in, scores_out, tpr: float = 0.95) -> float:
 
     The threshold is the `ceil(tpr * n_in)`-th largest in-distribution score; inputs with a
     score `>=` the threshold are called in-distribution.
+
+    Args:
+      scores_in: in-distribution scores (higher = more in-distribution).
+      scores_out: OOD scores.
+      tpr: the true-positive rate of the threshold.
     """
     s_in = np.sort(_check_scores(scores_in, "scores_in"))[::-1]
     s_out = _check_scores(scores_out, "scores_out")
@@ -121,7 +126,13 @@ def fpr_at_tpr(scores_in, scores_out, tpr: float = 0.95) -> float:
 
 
 def ood_metrics(logits_in, logits_out, temperature=1.0) -> dict:
-    """{score: {"auroc": ..., "fpr95": ...}} for every score of `ood_scores` at temperature T."""
+    """{score: {"auroc": ..., "fpr95": ...}} for every score of `ood_scores` at temperature T.
+
+    Args:
+      logits_in: in-distribution logits `[N, K]`.
+      logits_out: OOD logits `[M, K]`.
+      temperature: T of the scores.
+    """
     s_in = ood_scores(logits_in, temperature)
     s_out = ood_scores(logits_out, temperature)
     return {
@@ -195,6 +206,13 @@ def make_ood_set(name: str, images_in, data_dir=None, max_examples=None, seed=0)
     images as `images_in`; dataset sets (`cifar10`, `cifar100`, `svhn`) take a seeded sample of
     `max_examples` (default len(images_in)) test images.
 
+    Args:
+      name: one of `OOD_SETS`.
+      images_in: the in-distribution images `[N, H, W, C]` in [0, 1].
+      data_dir: where a dataset set's files are.
+      max_examples: size of a dataset set (default `len(images_in)`).
+      seed: the seed of the sample and of the noise.
+
     Raises:
       FileNotFoundError / ValueError: when a dataset set's files are missing or unreadable, or
         its images do not have the in-distribution image shape.
@@ -227,6 +245,13 @@ def make_ood_set(name: str, images_in, data_dir=None, max_examples=None, seed=0)
 
 def ood_sets(names, images_in, data_dir=None, max_examples=None, seed=0):
     """Build several OOD sets; those whose loader fails are skipped (unknown names raise).
+
+    Args:
+      names: OOD set names.
+      images_in: the in-distribution images.
+      data_dir: where dataset sets' files are.
+      max_examples: size of dataset sets.
+      seed: the seed of samples and noise.
 
     Returns:
       (dict name -> images, dict name -> reason for every skipped set).

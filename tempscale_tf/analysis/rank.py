@@ -51,7 +51,13 @@ def effective_rank(x, center: bool = True) -> float:
 
 
 def default_rank_tolerance(s, shape, dtype) -> float:
-    """`s_max * max(shape) * eps(dtype)` (numpy's matrix_rank rule, eps of the input dtype)."""
+    """`s_max * max(shape) * eps(dtype)` (numpy's matrix_rank rule, eps of the input dtype).
+
+    Args:
+      s: singular values.
+      shape: the matrix's shape.
+      dtype: the input's dtype (its machine epsilon).
+    """
     s = np.asarray(s)
     eps = (
         np.finfo(dtype).eps if np.issubdtype(np.dtype(dtype), np.floating) else np.finfo(float).eps
@@ -121,6 +127,12 @@ def smallest_k_within(ks, accuracies, reference, tolerance=0.01):
 
     With accuracies in [0, 1], `tolerance=0.01` is "within 1 point" of the reference (e.g. the
     accuracy of the full features).
+
+    Args:
+      ks: the numbers of kept components, increasing.
+      accuracies: the accuracy at each k.
+      reference: the accuracy to be within `tolerance` of.
+      tolerance: the allowed drop.
     """
     ks = np.asarray(ks)
     accuracies = np.asarray(accuracies, np.float64)

@@ -106,10 +106,7 @@ def analyze_run(
     logit_norms = gradients.logit_gradient_norms(logits, labels, t)
     feat_grads = gradients.feature_gradients(logits, labels, kernel, t)
     feat_norms = np.linalg.norm(feat_grads, axis=-1)
-    autodiff = gradients.feature_gradients_autodiff(model.get_layer("logits"), feats, labels, t)
-    autodiff_error = float(
-        np.max(np.abs(autodiff - feat_grads)) / max(np.max(np.abs(feat_grads)), 1e-30)
-    )
+    autodiff_error = _autodiff_error(model, feats, labels, t, feat_grads)
     grad_stats = gradients.gradient_statistics(logits, labels, t, kernel, quantile)
     sweep_temperatures = sorted({float(x) for x in sweep_temperatures} | {t})
     sweep = gradients.temperature_sweep(logits, labels, sweep_temperatures, quantile)
@@ -119,13 +116,7 @@ def analyze_run(
     proto_stats = geometry.prototype_statistics(feats, labels, prototypes)
     proto_summary = geometry.summarize_prototype_statistics(proto_stats)
     cosines = geometry.prototype_direction_cosines(feats, labels, feat_grads, prototypes)
-    tsne = None
-    if tsne_examples:
-        try:
-            tsne = geometry.tsne_embedding(feats, tsne_examples, seed)
-        except ValueError as e:  # collapsed features
-            logging.warning("%s: no t-SNE (%s)", workdir, e)
-            tsne = str(e)
+    tsne = _tsne(feats, tsne_examples, seed, workdir) if tsne_examples else None
 
     # Rank.
     ks, accs = rank.projected_accuracies(feats, labels, kernel, bias)
@@ -142,61 +133,20 @@ def analyze_run(
 
     # OOD.
     names = tuple(ood_set_names or ood.default_ood_sets(config.dataset))
-    sets, skipped = ood.ood_sets(names, images, data_dir or config.data_dir or None, None, seed)
+    data_dir = data_dir or config.data_dir or None
+    scores, skipped, ood_rows = _ood(model, images, logits, t, names, data_dir, batch_size, seed)
     for name, reason in skipped.items():
         logging.warning("%s: OOD set %s skipped (%s)", workdir, name, reason)
-    scores = {"in": ood.ood_scores(logits, t)}
-    ood_rows = {}
-    for name, ood_images in sets.items():
-        _, ood_logits = features.extract_features(model, ood_images, batch_size)
-        scores[name] = ood.ood_scores(ood_logits, t)
-        for score in ood.SCORES:
-            ood_rows[f"ood_{name}_{score}_auroc"] = ood.auroc(
-                scores["in"][score], scores[name][score]
-            )
-            ood_rows[f"ood_{name}_{score}_fpr95"] = ood.fpr_at_tpr(
-                scores["in"][score], scores[name][score]
-            )
 
-    lr, weight_decay = training.effective_hparams(config)
     metrics = {
         "run": pathlib.Path(workdir).name,
-        "dataset": key.dataset,
-        "model": key.model,
-        "temperature": t,
-        "lr": key.lr,
-        "lr_x_T": key.scaled_lr,
-        "effective_lr": lr,
-        "weight_decay": weight_decay,
-        "seed": int(config.seed),
-        "epochs_trained": len(history.read_run(workdir)[1]),
+        **_settings(config, key, workdir),
         "examples": len(labels),
         "accuracy": acc,
         "pgd_accuracy": adv_acc,
-        "feature_dim": feats.shape[1],
-        "erank_features": rank.effective_rank(feats),
-        "erank_logits": rank.effective_rank(logits),
-        "nrank_features": rank.numerical_rank(feats),
-        "nrank_logits": rank.numerical_rank(logits),
-        "k_within_1pt": k_within if k_within is not None else math.nan,
-        "proto_dist_mean": proto_summary["distance_mean"],
-        "proto_dist_var": proto_summary["distance_var"],
-        "proto_rel_dist_mean": proto_summary["relative_distance_mean"],
-        "proto_cos_mean": proto_summary["cosine_mean"],
-        "proto_cos_var": proto_summary["cosine_var"],
-        "dir_cos_mean": float(cosines.mean()),
-        "dir_cos_hard_mean": float(
-            cosines[gradients.hard_mask(margins, "quartile", quantile)].mean()
-        ),
-        "grad_logit_norm_mean": grad_stats["logit_norm_mean"],
-        "grad_logit_norm_median": grad_stats["logit_norm_median"],
-        "grad_logit_norm_hard_median": grad_stats["logit_norm_hard_median"],
-        "grad_logit_norm_easy_median": grad_stats["logit_norm_easy_median"],
-        "grad_feature_norm_mean": grad_stats["feature_norm_mean"],
-        "hard_share": grad_stats["hard_share"],
-        "feature_hard_share": grad_stats["feature_hard_share"],
-        "misclassified_share": grad_stats["misclassified_share"],
-        "grad_autodiff_rel_err": autodiff_error,
+        **_rank_metrics(feats, logits, k_within),
+        **_geometry_metrics(proto_summary, cosines, margins, quantile),
+        **_gradient_metrics(grad_stats, autodiff_error),
         **ood_rows,
     }
     return RunAnalysis(
@@ -221,6 +171,94 @@ def analyze_run(
         tsne=tsne,
         metrics=metrics,
     )
+
+
+def _autodiff_error(model, feats, labels, temperature, feature_grads) -> float:
+    """Relative max error of the closed-form feature gradients against autodiff."""
+    head = model.get_layer("logits")
+    autodiff = gradients.feature_gradients_autodiff(head, feats, labels, temperature)
+    scale = max(np.max(np.abs(feature_grads)), 1e-30)
+    return float(np.max(np.abs(autodiff - feature_grads)) / scale)
+
+
+def _tsne(feats, examples, seed, workdir):
+    """The t-SNE embedding, or the reason as a string when the features collapsed."""
+    try:
+        return geometry.tsne_embedding(feats, examples, seed)
+    except ValueError as e:
+        logging.warning("%s: no t-SNE (%s)", workdir, e)
+        return str(e)
+
+
+def _ood(model, images, logits, temperature, names, data_dir, batch_size, seed):
+    """(scores per set, skipped sets with the reason, AUROC / FPR@95 columns)."""
+    sets, skipped = ood.ood_sets(names, images, data_dir, None, seed)
+    scores = {"in": ood.ood_scores(logits, temperature)}
+    rows = {}
+    for name, ood_images in sets.items():
+        _, ood_logits = features.extract_features(model, ood_images, batch_size)
+        scores[name] = ood.ood_scores(ood_logits, temperature)
+        for score in ood.SCORES:
+            inside, outside = scores["in"][score], scores[name][score]
+            rows[f"ood_{name}_{score}_auroc"] = ood.auroc(inside, outside)
+            rows[f"ood_{name}_{score}_fpr95"] = ood.fpr_at_tpr(inside, outside)
+    return scores, skipped, rows
+
+
+def _settings(config, key, workdir) -> dict:
+    from tempscale_tf import training
+
+    lr, weight_decay = training.effective_hparams(config)
+    return {
+        "dataset": key.dataset,
+        "model": key.model,
+        "temperature": key.temperature,
+        "lr": key.lr,
+        "lr_x_T": key.scaled_lr,
+        "effective_lr": lr,
+        "weight_decay": weight_decay,
+        "seed": int(config.seed),
+        "epochs_trained": len(history.read_run(workdir)[1]),
+    }
+
+
+def _rank_metrics(feats, logits, k_within) -> dict:
+    return {
+        "feature_dim": feats.shape[1],
+        "erank_features": rank.effective_rank(feats),
+        "erank_logits": rank.effective_rank(logits),
+        "nrank_features": rank.numerical_rank(feats),
+        "nrank_logits": rank.numerical_rank(logits),
+        "k_within_1pt": k_within if k_within is not None else math.nan,
+    }
+
+
+def _geometry_metrics(proto_summary, cosines, margins, quantile) -> dict:
+    hard = gradients.hard_mask(margins, "quartile", quantile)
+    return {
+        "proto_dist_mean": proto_summary["distance_mean"],
+        "proto_dist_var": proto_summary["distance_var"],
+        "proto_rel_dist_mean": proto_summary["relative_distance_mean"],
+        "proto_cos_mean": proto_summary["cosine_mean"],
+        "proto_cos_var": proto_summary["cosine_var"],
+        "dir_cos_mean": float(cosines.mean()),
+        "dir_cos_hard_mean": float(cosines[hard].mean()),
+    }
+
+
+def _gradient_metrics(grad_stats, autodiff_error) -> dict:
+    names = (
+        "logit_norm_mean",
+        "logit_norm_median",
+        "logit_norm_hard_median",
+        "logit_norm_easy_median",
+        "feature_norm_mean",
+    )
+    row = {f"grad_{name}": grad_stats[name] for name in names}
+    for name in ("hard_share", "feature_hard_share", "misclassified_share"):
+        row[name] = grad_stats[name]
+    row["grad_autodiff_rel_err"] = autodiff_error
+    return row
 
 
 def representatives(analyses):

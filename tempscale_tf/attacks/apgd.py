@@ -4,41 +4,43 @@ APGD replaces PGD's fixed step size by a schedule that adapts to the progress of
 it starts with step 2 * eps, uses a heavy-ball momentum of 0.75, and at checkpoints halves
 the step (and jumps back to the best point so far) where the loss stopped improving. This
 module holds `apgd` (untargeted, or targeted at given labels) and `apgd_targeted` (APGD-T:
-the targeted DLR loss towards each of the k most likely wrong classes), and the small
-helpers that the AutoAttack family (`fab.py`, `square.py`, `autoattack.py`) shares: seeds,
-norms and projections, top-k targets, and `run_in_segments`, which runs a compiled loop a
-segment at a time and drops the examples that are finished between segments.
+the targeted DLR loss towards each of the k most likely wrong classes). The helpers it shares
+with FAB and Square (seeds, norms, projections, top-k targets, `run_in_segments`) live in
+`common.py`.
 
-Conventions as in `pgd.py`: images float32 `[batch, ...]` in [0, 1], int labels `[batch]`,
+Conventions as in `common.py`: images float32 `[batch, ...]` in [0, 1], int labels `[batch]`,
 and the temperature divides the logits.
 """
 
 from __future__ import annotations
 
-import numbers
 from typing import NamedTuple
 
-import numpy as np
 import tensorflow as tf
 
-from tempscale_tf.attacks.pgd import (
+from tempscale_tf.attacks.common import (
     LOSSES,
-    NORMS,
-    _normalize_l2,
     attack_objective,
     batch_spec,
     check_attack_inputs,
+    check_attack_settings,
     check_choice,
     check_finite_number,
     check_images_and_labels,
+    check_seed,
+    compile_loop,
     compiled_for,
-    default_jit_compile,
     model_logits,
     model_reference,
+    normalize_l2,
     per_example,
-    project_l2,
+    predictions,
+    project_ball,
+    run_in_segments,
     scalar_spec,
-    without_label,
+    stateless_seed,
+    top_k_targets,
+    unit_start,
 )
 from tempscale_tf.validation import check_positive_int, check_temperature
 
@@ -50,156 +52,6 @@ __all__ = ["apgd", "apgd_checkpoints", "apgd_targeted"]
 CHECKPOINT_FIRST, CHECKPOINT_DECREASE, CHECKPOINT_MIN = 0.22, 0.03, 0.06
 MOMENTUM = 0.75  # alpha: weight of the new step; 1 - alpha on the previous update
 INITIAL_STEP = 2.0  # the step size starts at 2 * eps
-
-
-# --------------------------------------------------------------------------- shared helpers
-
-
-def check_seed(seed) -> int:
-    """An int seed, or a fresh one from NumPy's global generator for `None`."""
-    if seed is None:
-        return int(np.random.randint(0, 2**31 - 1))
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise ValueError(f"`seed` must be an int or None, received {seed!r}")
-    return int(seed)
-
-
-def stateless_seed(seed: int, *stream: int) -> tf.Tensor:
-    """A `tf.random.stateless_*` seed for the sub-stream `stream` of `seed` (int32 `[2]`)."""
-    key = 0
-    for part in stream:
-        key = (key * 1_000_003 + int(part)) % (2**31 - 1)
-    return tf.constant([int(seed) % (2**31 - 1), key], tf.int32)
-
-
-def lp_norm(delta, norm) -> tf.Tensor:
-    """Per-example L-inf or L2 norm of `delta` `[batch, ...]`: float32 `[batch]`."""
-    flat = tf.reshape(delta, [tf.shape(delta)[0], -1])
-    if norm == "linf":
-        return tf.reduce_max(tf.abs(flat), axis=1)
-    return tf.sqrt(tf.reduce_sum(tf.square(flat), axis=1))
-
-
-def project_ball(z, x, eps, norm) -> tf.Tensor:
-    """Project `z` onto the `norm` ball of radius `eps` around `x`, then clip to [0, 1]."""
-    if norm == "linf":
-        return tf.clip_by_value(z, tf.maximum(x - eps, 0.0), tf.minimum(x + eps, 1.0))
-    return project_l2(z, x, eps)
-
-
-def unit_start(shape, norm, seed) -> tf.Tensor:
-    """Random directions of norm exactly 1 per example (the APGD / FAB random start).
-
-    L-inf: uniform noise in [-1, 1] divided by its largest entry; L2: Gaussian noise divided
-    by its L2 norm (as in the reference implementation).
-    """
-    if norm == "linf":
-        t = tf.random.stateless_uniform(shape, seed, minval=-1.0, maxval=1.0, alg="philox")
-    else:
-        t = tf.random.stateless_normal(shape, seed, alg="philox")
-    size = per_example(lp_norm(t, norm), len(shape))
-    return tf.math.divide_no_nan(t, size)
-
-
-def predictions(model, x) -> tf.Tensor:
-    """Arg-max class ids `[batch]` (int32)."""
-    return tf.argmax(model_logits(model, x), axis=-1, output_type=tf.int32)
-
-
-def top_k_targets(model, x, y, k: int) -> tf.Tensor:
-    """The `k` classes other than `y` with the largest clean logits, best first: `[batch, k]`.
-
-    Raises:
-      ValueError: if the model has fewer than `k + 1` classes.
-    """
-    logits = model_logits(model, x)
-    num_classes = int(logits.shape[-1])
-    if k > num_classes - 1:
-        raise ValueError(
-            f"`num_target_classes`={k} needs at least {k + 1} classes; the model has {num_classes}"
-        )
-    return tf.math.top_k(without_label(logits, y), k=k).indices
-
-
-def gather_rows(state: dict, index) -> dict:
-    """`{key: tf.gather(value, index)}` for a dict of per-example tensors."""
-    return {key: tf.gather(value, index) for key, value in state.items()}
-
-
-def scatter_rows(state: dict, index, rows: dict) -> dict:
-    """`state` with the rows at `index` replaced by `rows` (dicts with the same keys)."""
-    index = tf.reshape(index, [-1, 1])
-    return {
-        key: tf.tensor_scatter_nd_update(value, index, rows[key]) for key, value in state.items()
-    }
-
-
-def _bucket(n: int) -> int:
-    """Next power of two >= n (pads sub-batches so XLA compiles O(log n) shapes)."""
-    return 1 << max(n - 1, 0).bit_length()
-
-
-def run_in_segments(step, state: dict, segments, finished=None, pad=False) -> dict:
-    """Run a compiled loop segment by segment, dropping the finished examples in between.
-
-    Args:
-      step: `step(state, segment) -> state`, one compiled segment of the attack loop on a
-        dict of per-example tensors (all with the batch as leading axis).
-      state: the initial state of every example.
-      segments: an iterable of segment arguments, passed to `step` in turn.
-      finished: `finished(state) -> bool [batch]`, or None to never drop examples. After each
-        segment the finished examples keep their state and are not run again: the work
-        shrinks as examples are done, and the others run exactly as without dropping (the
-        examples of a batch are independent).
-      pad: pad each sub-batch to a power of two by repeating its first example (for XLA).
-
-    Returns:
-      the final state of every example, in the original order.
-    """
-    final = dict(state)
-    active = tf.range(tf.shape(next(iter(state.values())))[0])
-    current = state
-    for segment in segments:
-        n = int(tf.size(active))
-        if n == 0:
-            break
-        if pad and _bucket(n) != n:
-            padded = tf.concat([tf.range(n), tf.zeros([_bucket(n) - n], tf.int32)], 0)
-            current = {k: v[:n] for k, v in step(gather_rows(current, padded), segment).items()}
-        else:
-            current = step(current, segment)
-        if finished is None:
-            continue
-        done = finished(current)
-        if bool(tf.reduce_any(done)):
-            final = scatter_rows(
-                final, tf.boolean_mask(active, done), gather_rows(current, tf.where(done)[:, 0])
-            )
-            keep = tf.where(tf.logical_not(done))[:, 0]
-            current = gather_rows(current, keep)
-            active = tf.gather(active, keep)
-    if int(tf.size(active)):
-        final = scatter_rows(final, active, current)
-    return final
-
-
-def compile_loop(fn, signature, jit_compile):
-    """`tf.function` with a fixed signature and without AutoGraph.
-
-    The attack loops use explicit `tf.while_loop`s; skipping AutoGraph's source conversion
-    (of the loop and of the model's code) makes tracing several times faster. The model is
-    called as Keras' own `predict` / `fit` steps call it: without AutoGraph.
-    """
-    return tf.function(fn, input_signature=signature, jit_compile=jit_compile, autograph=False)
-
-
-def check_attack_settings(eps, norm, jit_compile):
-    """Validated (eps, norm, jit_compile) shared by the AutoAttack-family attacks."""
-    eps = check_finite_number(eps, "eps")
-    norm = check_choice(norm, NORMS, "norm")
-    if jit_compile is None:
-        jit_compile = default_jit_compile()
-    return eps, norm, bool(jit_compile)
 
 
 # --------------------------------------------------------------------------- APGD
@@ -302,6 +154,7 @@ def _loss_and_gradient(loss, targeted, eot, get_model, item_shape, jit_compile):
             one_pass_of,
             input_signature=[batch_spec(item_shape), labels, labels, scalar_spec()],
             experimental_attributes={"_noinline": True},
+            autograph=False,
         )
 
     def one_pass(net, x_adv, y, target, temperature):
@@ -369,7 +222,7 @@ def _build_apgd_segment(model, item_shape, norm, loss, targeted, eot, jit_compil
         x, y, target = state["x"], state["y"], state["target"]
         rank = x.shape.rank
         project = lambda z: project_ball(z, x, eps, norm)
-        direction = tf.sign if norm == "linf" else _normalize_l2
+        direction = tf.sign if norm == "linf" else normalize_l2
 
         def body(i, s):
             # No momentum on the very first step (alpha = 1), then alpha = 0.75.

@@ -23,10 +23,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tempscale_tf.attacks.apgd import apgd, apgd_targeted, check_attack_settings, project_ball
+from tempscale_tf.attacks.apgd import apgd, apgd_targeted
+from tempscale_tf.attacks.common import (
+    check_attack_settings,
+    check_images_and_labels,
+    model_logits,
+    project_ball,
+)
 from tempscale_tf.attacks.ensemble import worst_case
 from tempscale_tf.attacks.fab import fab
-from tempscale_tf.attacks.pgd import check_images_and_labels, model_logits
 from tempscale_tf.attacks.square import square_attack
 from tempscale_tf.validation import check_positive_int
 

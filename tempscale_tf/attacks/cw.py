@@ -18,10 +18,11 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from tempscale_tf.attacks.pgd import (
+from tempscale_tf.attacks.common import (
     batch_spec,
     check_attack_inputs,
     check_finite_number,
+    compile_loop,
     compiled_for,
     default_jit_compile,
     logit_margin,
@@ -124,7 +125,7 @@ def _build_cw_inner(model, item_shape, targeted, abort_early, jit_compile):
 
     signature = [batch_spec(item_shape), batch_spec([], tf.int32), batch_spec([])]
     signature += [scalar_spec(), scalar_spec(), scalar_spec(tf.int32)]
-    return tf.function(run, input_signature=signature, jit_compile=jit_compile)
+    return compile_loop(run, signature, jit_compile)
 
 
 def carlini_wagner_l2(

@@ -15,16 +15,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tempscale_tf.attacks.pgd import (
+from tempscale_tf.attacks.common import (
     NORMS,
     check_choice,
     check_finite_number,
     check_images_and_labels,
     default_jit_compile,
     model_logits,
-    pgd,
+    predictions,
     without_label,
 )
+from tempscale_tf.attacks.pgd import pgd
 from tempscale_tf.validation import check_positive_int, check_temperature
 
 __all__ = [
@@ -120,7 +121,7 @@ def targeted_top_k(model, x, y, num_targets=3, loss="margin", **pgd_kwargs):
             **pgd_kwargs,
         )
         best[todo] = adv.numpy()
-        fooled[todo] = _predict(model, adv) != y_np[todo]
+        fooled[todo] = predictions(model, adv).numpy() != y_np[todo]
     return tf.constant(best)
 
 
@@ -202,10 +203,6 @@ def default_attacks(
 # --------------------------------------------------------------------------- worst case
 
 
-def _predict(model, x) -> np.ndarray:
-    return tf.argmax(model_logits(model, x), axis=-1, output_type=tf.int32).numpy()
-
-
 def _check_attacks(attacks) -> list[tuple[str, Attack]]:
     attacks = list(attacks)
     if not attacks:
@@ -252,7 +249,7 @@ def _run_attacks(model, x, y, attacks, individual, eps, norm, pad_to_bucket):
             individual_fooled=individual_fooled,
             computed=computed,
         )
-    clean_correct = _predict(model, x) == y
+    clean_correct = predictions(model, x).numpy() == y
     robust = clean_correct.copy()
     for k, (name, attack) in enumerate(attacks):
         run_on = np.flatnonzero(clean_correct if computed[k] else robust)
@@ -271,7 +268,7 @@ def _run_attacks(model, x, y, attacks, individual, eps, norm, pad_to_bucket):
             )
         if eps is not None:
             _check_threat_model(name, x[run_on], x_adv, eps, norm)
-        fooled = _predict(model, x_adv) != y[run_on]
+        fooled = predictions(model, x_adv).numpy() != y[run_on]
         individual_fooled[run_on, k] = fooled
         newly = fooled & robust[run_on]
         adv[run_on[newly]] = x_adv[newly]

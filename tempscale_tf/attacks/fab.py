@@ -15,30 +15,28 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from tempscale_tf.attacks.apgd import (
-    check_seed,
-    compile_loop,
-    gather_rows,
-    lp_norm,
-    predictions,
-    run_in_segments,
-    scatter_rows,
-    stateless_seed,
-    top_k_targets,
-    unit_start,
-)
-from tempscale_tf.attacks.pgd import (
+from tempscale_tf.attacks.common import (
     NORMS,
     batch_spec,
     check_choice,
     check_finite_number,
     check_images_and_labels,
+    check_seed,
+    compile_loop,
     compiled_for,
     default_jit_compile,
+    gather_rows,
+    lp_norm,
     model_logits,
     model_reference,
     per_example,
+    predictions,
+    run_in_segments,
     scalar_spec,
+    scatter_rows,
+    stateless_seed,
+    top_k_targets,
+    unit_start,
 )
 from tempscale_tf.validation import check_positive_int
 

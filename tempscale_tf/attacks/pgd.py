@@ -1,275 +1,91 @@
 """Projected gradient descent (PGD): L-inf and L2 threat models, CE / margin / DLR losses.
 
-Also holds the small helpers that the other attacks share (input checks, the logit margin,
-the per-model cache of compiled attack loops), so that `cw.py` and `ensemble.py` do not
-repeat them.
-
-Conventions:
-  * images are float32 in [0, 1] with any shape `[batch, ...]`; the model (a Keras model or
-    any callable) maps them to logits `[batch, num_classes]`;
-  * labels are int class ids `[batch]` (or `[batch, 1]`);
-  * the temperature divides the logits (`softmax(z / T)`), as everywhere in `tempscale_tf`.
+One loop, `pgd_loop`, serves both users: `pgd`, the evaluation attack (a compiled loop cached
+per model, best iterate, early stop, L-inf or L2), and `adversarial.craft_linf_pgd`, the lean
+L-inf attack inside a compiled training step (adversarial training). Both maximise
+`common.attack_objective`. Conventions: see `tempscale_tf.attacks.common`.
 """
 
 from __future__ import annotations
 
-import math
-import numbers
-import threading
-import weakref
-
-import keras
-import numpy as np
 import tensorflow as tf
 
-from tempscale_tf.losses import temperature_cross_entropy
+from tempscale_tf.attacks.common import (
+    LOSSES,
+    NORMS,
+    attack_objective,
+    batch_spec,
+    check_attack_inputs,
+    check_choice,
+    check_finite_number,
+    check_seed,
+    compile_loop,
+    compiled_for,
+    default_jit_compile,
+    is_success,
+    model_logits,
+    model_reference,
+    normalize_l2,
+    per_example,
+    project_l2,
+    random_start_point,
+    run_in_segments,
+    scalar_spec,
+)
 from tempscale_tf.validation import check_positive_int, check_temperature
 
-NORMS = ("linf", "l2")
-LOSSES = ("ce", "margin", "dlr")
-DLR_DENOMINATOR_EPS = 1e-12  # Croce & Hein (2020), eq. (5)
-
-__all__ = ["LOSSES", "NORMS", "cw_linf", "logit_margin", "pgd"]
+__all__ = ["LOSSES", "NORMS", "cw_linf", "pgd", "pgd_loop"]
 
 
-# --------------------------------------------------------------------------- shared helpers
+def pgd_loop(
+    logits_and_grad,
+    x_adv,
+    y,
+    target,
+    temperature,
+    step_size,
+    steps,
+    project,
+    norm="linf",
+    keep_best=False,
+    targeted=False,
+):
+    """The PGD iterations as one `tf.while_loop` (for use inside a `tf.function`).
 
+    Args:
+      logits_and_grad: `(x_adv, y, target, temperature) -> (logits, d objective / d x_adv)`.
+      x_adv: the starting point, already in the threat model.
+      y: int32 `[batch]` true labels.
+      target: int32 `[batch]` target labels (`y` for an untargeted attack).
+      temperature: the CE temperature of the objective.
+      step_size: size of each step.
+      steps: number of iterations (int or int32 scalar tensor).
+      project: `z -> z` projection onto the threat model (ball and [0, 1] box).
+      norm: "linf" (signed-gradient steps) or "l2" (normalised-gradient steps).
+      keep_best: also track, per example, the last iterate at which the attack succeeded.
+      targeted: success means predicting `target` (else: not predicting `y`).
 
-def default_jit_compile() -> bool:
-    """XLA on when a GPU is visible, off on CPU (XLA's CPU convolutions are several x slower)."""
-    return bool(tf.config.list_logical_devices("GPU"))
-
-
-def check_finite_number(value, name: str, *, positive: bool = False) -> float:
-    """Return `value` as a float, or raise `ValueError` unless it is finite and >= 0 (> 0)."""
-    if isinstance(value, bool):
-        raise ValueError(f"`{name}` must be a finite number, received a bool: {value!r}")
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"`{name}` must be a finite number, received {value!r}") from None
-    if not math.isfinite(value):
-        raise ValueError(f"`{name}` must be a finite number, received {value}")
-    if positive and value <= 0.0:
-        raise ValueError(f"`{name}` must be > 0, received {value}")
-    if value < 0.0:
-        raise ValueError(f"`{name}` must be >= 0, received {value}")
-    return value
-
-
-def check_choice(value, choices, name: str) -> str:
-    """Return `value` if it is one of `choices`, else raise a `ValueError` listing them."""
-    if not isinstance(value, str) or value not in choices:
-        valid = ", ".join(repr(c) for c in choices)
-        raise ValueError(f"unknown `{name}` {value!r}; valid values are {valid}")
-    return value
-
-
-def check_labels(labels, name: str = "y") -> tf.Tensor:
-    """Integer class ids `[batch]` or `[batch, 1]` -> int32 `[batch]`."""
-    labels = tf.convert_to_tensor(labels)
-    if labels.shape.rank == 2 and labels.shape[-1] == 1:
-        labels = tf.squeeze(labels, axis=-1)
-    if labels.shape.rank != 1:
-        raise ValueError(
-            f"`{name}` must be integer class ids of shape [batch], received shape {labels.shape}"
-        )
-    if not (labels.dtype.is_integer or labels.dtype.is_floating):
-        raise ValueError(f"`{name}` must hold integer class ids, received dtype {labels.dtype}")
-    labels = tf.cast(labels, tf.int32)
-    if tf.executing_eagerly() and labels.shape[0] and int(tf.reduce_min(labels)) < 0:
-        raise ValueError(f"`{name}` must hold class ids >= 0, received {labels.numpy()}")
-    return labels
-
-
-def check_images_and_labels(x, y, name: str = "y"):
-    """Validate a batch of images in [0, 1] and its labels; return (float32 x, int32 y).
-
-    Raises:
-      ValueError: if `x` is not a float batch `[batch, ...]` in [0, 1] (checked when running
-        eagerly), if the labels are not int ids `[batch]`, or if the batch sizes differ.
+    Returns:
+      `(x_adv, best, found)`: the last iterate, the last successful iterate (`x_adv`'s start
+      where none), and bool `[batch]` whether any iterate succeeded (all False without
+      `keep_best`).
     """
-    x = tf.convert_to_tensor(x)
-    if not x.dtype.is_floating:
-        raise ValueError(f"`x` must be float images in [0, 1], received dtype {x.dtype}")
-    x = tf.cast(x, tf.float32)
-    if x.shape.rank is None or x.shape.rank < 2:
-        raise ValueError(f"`x` must have shape [batch, ...], received shape {x.shape}")
-    y = check_labels(y, name)
-    if tf.executing_eagerly():
-        if x.shape[0] != y.shape[0]:
-            raise ValueError(
-                f"`x` and `{name}` must have the same batch size, received {x.shape[0]} "
-                f"images and {y.shape[0]} labels"
-            )
-        if x.shape[0] and not (float(tf.reduce_min(x)) >= 0.0 and float(tf.reduce_max(x)) <= 1.0):
-            raise ValueError("`x` must hold images in [0, 1] (finite, no NaN)")
-    return x, y
+    rank = x_adv.shape.rank
 
+    def body(i, x_adv, best, found):
+        logits, grad = logits_and_grad(x_adv, y, target, temperature)
+        if keep_best:  # the iterate whose logits we just computed
+            success = is_success(logits, y, target, targeted)
+            best = tf.where(per_example(success, rank), x_adv, best)
+            found = tf.logical_or(found, success)
+        step = tf.sign(grad) if norm == "linf" else normalize_l2(grad)
+        return i + 1, project(x_adv + step_size * step), best, found
 
-def check_attack_inputs(x, y, targeted, target):
-    """Validated (x, y, target); `target` is `y` for untargeted attacks."""
-    x, y = check_images_and_labels(x, y)
-    if targeted:
-        if target is None:
-            raise ValueError("a targeted attack (`targeted=True`) needs `target` labels")
-        _, target = check_images_and_labels(x, target, name="target")
-    elif target is not None:
-        raise ValueError("`target` was given but `targeted=False`; pass `targeted=True`")
-    else:
-        target = y
-    return x, y, target
-
-
-def model_logits(model, x) -> tf.Tensor:
-    """`model(x)` as float32 logits `[batch, num_classes]` (Keras layers get `training=False`)."""
-    if isinstance(model, keras.layers.Layer):
-        logits = model(x, training=False)
-    else:
-        logits = model(x)
-    logits = tf.convert_to_tensor(logits)
-    if logits.shape.rank != 2:
-        raise ValueError(f"the model must return logits [batch, num_classes], got {logits.shape}")
-    return tf.cast(logits, tf.float32)
-
-
-def without_label(logits, labels) -> tf.Tensor:
-    """`logits` with each example's `label` entry set to -inf: `[batch, num_classes]`."""
-    is_label = tf.one_hot(labels, tf.shape(logits)[-1], on_value=True, off_value=False)
-    return tf.where(is_label, -np.inf, logits)
-
-
-def max_other_logit(logits, labels) -> tf.Tensor:
-    """`max_{j != label} z_j` per example: float32 `[batch]` (needs >= 2 classes)."""
-    return tf.reduce_max(without_label(logits, labels), axis=-1)
-
-
-def logit_margin(logits, labels) -> tf.Tensor:
-    """C&W margin `z_label - max_{j != label} z_j`: float32 `[batch]`.
-
-    Positive iff `label` is the unique arg-max, so for the true label a negative margin means
-    misclassified; for a target label a positive margin means the target was reached.
-    """
-    label_logit = tf.gather(logits, labels, axis=-1, batch_dims=1)
-    return label_logit - max_other_logit(logits, labels)
-
-
-def per_example(mask, rank: int) -> tf.Tensor:
-    """Reshape a `[batch]` tensor to `[batch, 1, ..., 1]` (rank `rank`) for broadcasting."""
-    return tf.reshape(mask, [-1] + [1] * (rank - 1))
-
-
-_CACHE_LOCK = threading.Lock()
-_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def model_reference(model):
-    """A zero-argument callable returning `model`, holding it weakly when possible.
-
-    Compiled attack loops are cached per model; holding the model weakly from inside them
-    lets the cache entry disappear with the model.
-    """
-    try:
-        ref = weakref.ref(model)
-    except TypeError:
-        return lambda: model
-    return ref
-
-
-def compiled_for(model, key, build):
-    """Return the compiled function cached for (`model`, `key`), building it on first use.
-
-    `build()` must return a `tf.function`. Callers put every graph-changing setting and the
-    per-example input shape in `key` and give the function an `input_signature` with an
-    unknown batch size, so it is traced exactly once: later calls with other images, batch
-    sizes, or eps / step / temperature values (passed as tensors) reuse the same graph.
-    Models that cannot be weakly referenced (rare) are not cached.
-    """
-    with _CACHE_LOCK:
-        try:
-            per_model = _COMPILED.setdefault(model, {})
-        except TypeError:
-            return build()
-        fn = per_model.get(key)
-        if fn is None:
-            fn = per_model[key] = build()
-            # Each (model, settings) pair has its own tf.function, traced once; TensorFlow's
-            # "frequent retracing" heuristic counts traces per Python code object and would
-            # warn about these legitimate first traces.
-            if hasattr(fn, "_omit_frequent_tracing_warning"):
-                fn._omit_frequent_tracing_warning = True
-        return fn
-
-
-def batch_spec(shape, dtype=tf.float32) -> tf.TensorSpec:
-    """`TensorSpec([None, *shape])`: a batch of any size of `shape`-shaped items."""
-    return tf.TensorSpec([None, *shape], dtype)
-
-
-def scalar_spec(dtype=tf.float32) -> tf.TensorSpec:
-    return tf.TensorSpec([], dtype)
-
-
-# --------------------------------------------------------------------------- PGD
-
-
-def attack_objective(logits, y, target, loss, temperature, targeted):
-    """Per-example objective that PGD *maximises*: float32 `[batch]`."""
-    if loss == "ce":
-        # Scale here and call with T=1: `temperature` was validated in Python already, and this
-        # keeps run-time assert ops (a host sync per step on GPU) out of the loop.
-        scaled = logits / temperature
-        if targeted:
-            return -temperature_cross_entropy(target, scaled, temperature=1.0)
-        return temperature_cross_entropy(y, scaled, temperature=1.0)
-    if loss == "margin":
-        return logit_margin(logits, target) if targeted else -logit_margin(logits, y)
-    # DLR (Croce & Hein, 2020): scale-invariant in the logits.
-    k = 4 if targeted else 3
-    if logits.shape[-1] is not None and logits.shape[-1] < k:
-        kind = "targeted" if targeted else "untargeted"
-        raise ValueError(f"the {kind} DLR loss needs >= {k} classes, got {logits.shape[-1]}")
-    top = tf.math.top_k(logits, k=k, sorted=True).values
-    if targeted:
-        z_y = tf.gather(logits, y, axis=-1, batch_dims=1)
-        z_t = tf.gather(logits, target, axis=-1, batch_dims=1)
-        denominator = top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + DLR_DENOMINATOR_EPS
-        return -(z_y - z_t) / denominator
-    return -logit_margin(logits, y) / (top[:, 0] - top[:, 2] + DLR_DENOMINATOR_EPS)
-
-
-def _is_success(logits, y, target, targeted):
-    prediction = tf.argmax(logits, axis=-1, output_type=tf.int32)
-    return tf.equal(prediction, target) if targeted else tf.not_equal(prediction, y)
-
-
-def _l2_norm(v, keepdims=True):
-    axes = list(range(1, v.shape.rank))
-    return tf.sqrt(tf.reduce_sum(tf.square(v), axis=axes, keepdims=keepdims))
-
-
-def _normalize_l2(g):
-    """`g / ||g||_2` per example (0 where g == 0); rescaled first so tiny g does not underflow."""
-    axes = list(range(1, g.shape.rank))
-    g = tf.math.divide_no_nan(g, tf.reduce_max(tf.abs(g), axis=axes, keepdims=True))
-    return tf.math.divide_no_nan(g, _l2_norm(g))
-
-
-def project_l2(x_adv, x, eps):
-    delta = x_adv - x
-    norm = _l2_norm(delta)
-    factor = tf.minimum(1.0, eps / tf.maximum(norm, 1e-30))
-    return tf.clip_by_value(x + delta * factor, 0.0, 1.0)
-
-
-def random_start_point(x, eps, norm, seed):
-    """A uniform point of the L-inf ball, or uniform direction x radius eps*u^(1/d) (L2)."""
-    if norm == "linf":
-        return tf.random.stateless_uniform(tf.shape(x), seed, minval=-1.0, maxval=1.0) * eps
-    direction = _normalize_l2(tf.random.stateless_normal(tf.shape(x), seed))
-    dim = tf.cast(tf.reduce_prod(tf.shape(x)[1:]), tf.float32)
-    u = tf.random.stateless_uniform(tf.shape(x)[:1], seed + 1)
-    return direction * per_example(eps * tf.pow(u, 1.0 / dim), x.shape.rank)
+    found = tf.zeros(tf.shape(x_adv)[:1], tf.bool)
+    _, x_adv, best, found = tf.while_loop(
+        lambda i, *_: i < steps, body, (tf.constant(0), x_adv, x_adv, found)
+    )
+    return x_adv, best, found
 
 
 def _build_pgd(model, item_shape, norm, loss, targeted, keep_best, jit_compile):
@@ -297,11 +113,11 @@ def _build_pgd(model, item_shape, norm, loss, targeted, keep_best, jit_compile):
             logits_and_grad,
             input_signature=[batch_spec(item_shape), labels, labels, scalar_spec()],
             experimental_attributes={"_noinline": True},
+            autograph=False,
         )
 
     def run(x, start, y, target, eps, step_size, temperature, steps):
         net = get_model()
-        rank = x.shape.rank
         if norm == "linf":
             lower = tf.maximum(x - eps, 0.0)
             upper = tf.minimum(x + eps, 1.0)
@@ -309,30 +125,19 @@ def _build_pgd(model, item_shape, norm, loss, targeted, keep_best, jit_compile):
         else:
             project = lambda z: project_l2(z, x, eps)
 
-        x_adv = project(x + start)
-
-        def body(i, x_adv, best, found):
-            logits, grad = logits_and_grad(x_adv, y, target, temperature)
-            if keep_best:  # the iterate whose logits we just computed
-                success = _is_success(logits, y, target, targeted)
-                best = tf.where(per_example(success, rank), x_adv, best)
-                found = tf.logical_or(found, success)
-            step = tf.sign(grad) if norm == "linf" else _normalize_l2(grad)
-            return i + 1, project(x_adv + step_size * step), best, found
-
-        found = tf.zeros(tf.shape(x)[:1], tf.bool)
-        _, x_adv, best, found = tf.while_loop(
-            lambda i, *_: i < steps, body, (tf.constant(0), x_adv, x_adv, found)
-        )
+        x_adv, best, found = pgd_loop(
+            logits_and_grad, project(x + start), y, target, temperature, step_size, steps,
+            project, norm, keep_best, targeted,
+        )  # fmt: skip
         if keep_best:
-            final = _is_success(model_logits(net, x_adv), y, target, targeted)
+            final = is_success(model_logits(net, x_adv), y, target, targeted)
             use_best = tf.logical_and(found, tf.logical_not(final))
-            x_adv = tf.where(per_example(use_best, rank), best, x_adv)
+            x_adv = tf.where(per_example(use_best, x.shape.rank), best, x_adv)
         return x_adv
 
     signature = [batch_spec(item_shape)] * 2 + [labels, labels] + [scalar_spec()] * 3
     signature += [scalar_spec(tf.int32)]
-    return tf.function(run, input_signature=signature, jit_compile=jit_compile)
+    return compile_loop(run, signature, jit_compile)
 
 
 def pgd(
@@ -422,10 +227,7 @@ def pgd(
     x, y, target = check_attack_inputs(x, y, targeted, target)
     if jit_compile is None:
         jit_compile = default_jit_compile()
-    if seed is None:
-        seed = np.random.randint(0, 2**31 - 1)
-    elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise ValueError(f"`seed` must be an int or None, received {seed!r}")
+    seed = check_seed(seed)
 
     settings = (tuple(x.shape[1:]), norm, loss, bool(targeted), bool(keep_best), bool(jit_compile))
     run = compiled_for(model, ("pgd",) + settings, lambda: _build_pgd(model, *settings))
@@ -449,29 +251,41 @@ def pgd(
 
 
 def _run_in_chunks(model, run, x, start, y, target, eps, args, steps, chunk, targeted):
-    """Run the compiled loop `chunk` steps at a time on the examples not yet successful."""
-    result = x + start  # overwritten for every example below
-    active = tf.range(tf.shape(x)[0])
-    done = 0
-    while done < steps and int(tf.size(active)) > 0:
-        n = min(chunk, steps - done)
-        xa, ya, ta = (tf.gather(t, active) for t in (x, y, target))
-        adv = run(xa, tf.gather(start, active), ya, ta, eps, *args, tf.constant(n, tf.int32))
-        result = tf.tensor_scatter_nd_update(result, active[:, None], adv)
-        done += n
-        # keep_best: an example returned successful is finished; the others returned their
-        # last iterate, from which the next chunk continues (no new random start).
-        success = _is_success(model_logits(model, adv), ya, ta, targeted)
-        start = tf.tensor_scatter_nd_update(start, active[:, None], adv - xa)
-        active = tf.boolean_mask(active, tf.logical_not(success))
-    return result
+    """Run the compiled loop `chunk` steps at a time on the examples not yet successful.
+
+    With keep_best, an example returned successful is finished; the others returned their last
+    iterate, from which the next chunk continues (no new random start).
+    """
+
+    def step(state, n):
+        adv = run(
+            state["x"], state["start"], state["y"], state["target"], eps, *args,
+            tf.constant(n, tf.int32),
+        )  # fmt: skip
+        return {**state, "adv": adv, "start": adv - state["x"]}
+
+    def finished(state):
+        return is_success(model_logits(model, state["adv"]), state["y"], state["target"], targeted)
+
+    segments = [min(chunk, steps - done) for done in range(0, steps, chunk)]
+    state = {"x": x, "y": y, "target": target, "start": start, "adv": x + start}
+    return run_in_segments(step, state, segments, finished)["adv"]
 
 
 def cw_linf(model, x, y, eps=8 / 255, step_size=2 / 255, steps=20, **kwargs):
     """ "C&W-style" L-inf attack: `pgd(..., loss="margin")` (PGD on the C&W margin loss).
 
     This is the attack usually reported as "CW-inf" at an L-inf budget (Madry et al., 2018;
-    Croce & Hein, 2020). All other keyword arguments are passed to `pgd`.
+    Croce & Hein, 2020).
+
+    Args:
+      model: the classifier (images in [0, 1] -> logits).
+      x: float images `[batch, ...]` in [0, 1].
+      y: int labels `[batch]`.
+      eps: the L-inf radius.
+      step_size: the step size.
+      steps: the number of iterations.
+      **kwargs: any other `pgd` argument except `loss`.
 
     Returns:
       float32 adversarial images shaped like `x` (see `pgd`).

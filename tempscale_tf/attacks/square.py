@@ -16,24 +16,22 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from tempscale_tf.attacks.apgd import (
-    check_attack_settings,
-    check_seed,
-    compile_loop,
-    lp_norm,
-    predictions,
-    run_in_segments,
-)
-from tempscale_tf.attacks.pgd import (
+from tempscale_tf.attacks.common import (
     batch_spec,
+    check_attack_settings,
     check_choice,
     check_finite_number,
     check_images_and_labels,
+    check_seed,
+    compile_loop,
     compiled_for,
     logit_margin,
+    lp_norm,
     model_logits,
     model_reference,
     per_example,
+    predictions,
+    run_in_segments,
     scalar_spec,
 )
 from tempscale_tf.losses import temperature_cross_entropy
@@ -55,6 +53,12 @@ def square_p_schedule(iteration, queries, p_init, rescale=True):
     `p_init` is halved after iterations 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000;
     with `rescale` these thresholds are for 10,000 queries and scale with `queries`. Takes
     Python numbers (returns a float) or, inside the compiled loop, scalar tensors.
+
+    Args:
+      iteration: the 0-based query index.
+      queries: the query budget.
+      p_init: the initial fraction (AutoAttack: 0.8).
+      rescale: scale the thresholds from 10,000 queries to `queries`.
     """
     if isinstance(iteration, tf.Tensor):
         iteration = tf.where(rescale, iteration * 10000 // queries, iteration)
@@ -264,7 +268,12 @@ def _objective(logits, y, loss):
 
 
 def _build_square(model, item_shape, norm, loss, jit_compile):
-    """Compiled (init, segment) of Square Attack for one model, image shape and settings."""
+    """Compiled (init, segment) of Square Attack for one model, image shape and settings.
+
+    Long on purpose: `init`, the two proposals and `segment` are the pieces of one compiled
+    loop and share the model, the loss and the image shape through this closure; the window
+    geometry and the L2 update live in their own functions above.
+    """
     get_model = model_reference(model)
     height, width, channels = item_shape
 

@@ -9,6 +9,12 @@ import numpy as np
 def normalized_input(image_shape, mean=None, std=None, name="images"):
     """Input layer for images in [0, 1] followed by per-channel `(x - mean) / std`.
 
+    Args:
+      image_shape: `(H, W, C)`.
+      mean: per-channel mean in [0, 1] units, or None.
+      std: per-channel standard deviation, or None.
+      name: the input's name.
+
     Returns (inputs, normalised tensor). With `mean`/`std` None, no normalisation is applied.
     """
     inputs = keras.Input(shape=tuple(image_shape), name=name)
@@ -26,7 +32,13 @@ def normalized_input(image_shape, mean=None, std=None, name="images"):
 
 
 def logits_head(features, num_classes, name="logits"):
-    """Dense logits layer, always float32 (also under a mixed-precision policy)."""
+    """Dense logits layer, always float32 (also under a mixed-precision policy).
+
+    Args:
+      features: the penultimate features `[batch, D]`.
+      num_classes: number of logits.
+      name: the layer's name (`training` and the analyses look the head up by "logits").
+    """
     return keras.layers.Dense(num_classes, dtype="float32", name=name)(features)
 
 

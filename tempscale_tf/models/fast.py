@@ -135,8 +135,14 @@ def image_patches(images, kernel_size: int) -> np.ndarray:
 
 
 def initialize_from_data(model: keras.Model, images, max_images: int = 5000) -> None:
-    """Fit the `PatchWhitening` layer of `model` to the first `max_images` of `images`
-    (floats in [0, 1], `[n, h, w, c]`), after the model's own normalisation."""
+    """Fit the `PatchWhitening` layer of `model` to the first `max_images` of `images`,
+    after the model's own normalisation.
+
+    Args:
+      model: a `fast_cifar` model.
+      images: floats in [0, 1], `[n, h, w, c]` (the training images).
+      max_images: how many images the patch statistics use.
+    """
     layer = model.get_layer("whiten")
     images = np.asarray(images[:max_images])
     if images.dtype == np.uint8:

@@ -112,7 +112,16 @@ def resnet50_cifar(
 def resnet20_cifar(
     num_classes=10, image_shape=(32, 32, 3), mean=None, std=None, synchronized_bn=False, width=16
 ):
-    """ResNet-20 for CIFAR (basic blocks, 3 stages of 3 blocks, widths w-2w-4w with w=16)."""
+    """ResNet-20 for CIFAR (basic blocks, 3 stages of 3 blocks, widths w-2w-4w with w=16).
+
+    Args:
+      num_classes: number of logits.
+      image_shape: input shape; images in [0, 1].
+      mean: per-channel normalisation mean applied inside the model (in [0, 1] units).
+      std: per-channel normalisation standard deviation.
+      synchronized_bn: synchronise batch-norm statistics across replicas.
+      width: w, the first stage's width.
+    """
     return _cifar_resnet(
         num_classes,
         image_shape,

@@ -15,6 +15,13 @@ def resnet50_hub(
     The architecture matches keras-hub's `resnet_50_imagenet` preset, so weights converted from
     that preset (saved with `backbone.save_weights("resnet50.weights.h5")`) load through
     `weights_path` (backbone weights only). Nothing is downloaded.
+
+    Args:
+      num_classes: number of logits.
+      image_shape: input shape; images in [0, 1].
+      mean: per-channel normalisation mean applied inside the model (in [0, 1] units).
+      std: per-channel normalisation standard deviation.
+      weights_path: backbone weights (`.weights.h5`), or None for random initialisation.
     """
     import keras_hub
 

@@ -233,7 +233,11 @@ def vit_tiny(
     dropout_rate=0.0,
     weights_path=None,
 ):
-    """A tiny ViT (same code path as `vit_s16`) for CPU tests, at the input's own resolution."""
+    """A tiny ViT (same code path as `vit_s16`) for CPU tests, at the input's own resolution.
+
+    Args: as `vit_s16` (`patch_size`, `num_layers`, `num_heads`, `hidden_dim` and `mlp_dim` set
+    the size; `attention_temperature` divides the attention logits).
+    """
     if image_shape[0] != image_shape[1]:
         raise ValueError(f"vit_tiny needs square images, received {image_shape}")
     return _vit(

@@ -1,0 +1,57 @@
+r"""Clean vs worst-case robust accuracy of a sweep's runs, and the verdict per temperature.
+
+  python launch/tradeoff.py --runs=tables/table3_v2_cifar10_fast_cifar_runs.csv \
+      --out=tables/table3_v2_verdict --figure=tables/figures/table3_v2_tradeoff.png
+
+The runs at `--reference_temperature` (the equal-accuracy control: other adversarial weights or
+objectives) trace a curve; each other temperature's mean point is compared with the curve at its
+clean accuracy, and its excess with the seed spread (`tempscale_tf.analysis.tradeoff`).
+"""
+
+import dataclasses
+
+from absl import app, flags
+
+from tempscale_tf import cli
+
+cli.quiet_tensorflow()
+from tempscale_tf import tables  # noqa: E402
+from tempscale_tf.analysis import plots, tradeoff  # noqa: E402
+
+flags.DEFINE_string("runs", None, "A sweep's per-run CSV (`<table>_runs.csv`).")
+flags.DEFINE_string("out", None, "Verdict table (without extension).")
+flags.DEFINE_string("figure", None, "PNG of clean vs worst-case accuracy.")
+flags.DEFINE_float("reference_temperature", 1.0, "The temperature whose runs trace the curve.")
+flags.DEFINE_string("x", "clean", "Column on the x axis.")
+flags.DEFINE_string("y", "worst_case", "Robust accuracy column on the y axis.")
+flags.mark_flags_as_required(["runs", "out", "figure"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    runs = tables.read_table(FLAGS.runs)  # a missing file: one clear error line (cli.run)
+    t, x, y = FLAGS.reference_temperature, FLAGS.x, FLAGS.y
+    rows = [dataclasses.asdict(v) for v in tradeoff.verdicts(runs, x, y, t)]
+    figure = tradeoff.plot_tradeoff(runs, x, y, t, title=FLAGS.runs.rsplit("/", 1)[-1])
+    plots.save_figure(figure, FLAGS.figure)
+    tables.write_table(
+        rows,
+        FLAGS.out,
+        command=cli.command_line(),
+        settings={"runs": FLAGS.runs, "x": x, "y": y, "reference_temperature": t},
+        notes=[
+            f"curve: the T={t:g} runs, each setting averaged over its seeds, linearly "
+            f"interpolated at the other temperatures' mean {x} (no extrapolation).",
+            "spread: the largest max - min of the robust accuracy over the seeds of one setting.",
+            "verdict: 'real gain' if excess > spread, 'loss' if excess < -spread, else 'within "
+            "seed noise'.",
+            f"figure: {FLAGS.figure}",
+        ],
+    )
+    print(open(FLAGS.out + ".md").read())
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,150 @@
+"""Clean vs worst-case robust accuracy: is a high-temperature gain more than a trade-off?
+
+A model that is less accurate on clean images is usually more robust (the accuracy-robustness
+trade-off). To credit the temperature with a robustness gain, a high-T model must beat what a
+T = 1 model reaches *at the same clean accuracy*. The T = 1 runs (different adversarial weights or
+objectives: the equal-accuracy control) trace a curve of worst-case robust accuracy against clean
+accuracy; each high-T run is compared with that curve, linearly interpolated at its clean
+accuracy, and the excess is compared with the seed spread.
+
+Input: the per-run rows of a sweep (`<table>_runs.csv`): `temperature`, `seed`, `clean`,
+`worst_case` (and optionally `variant`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pandas as pd
+
+from tempscale_tf.analysis import plots
+
+
+def _check_runs(runs: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    missing = [c for c in ("temperature", "seed", x, y) if c not in runs]
+    if missing:
+        raise ValueError(f"the runs need the columns {missing}")
+    runs = runs.dropna(subset=[x, y]).copy()
+    runs["temperature"] = runs["temperature"].astype(float)
+    if "variant" not in runs:
+        runs["variant"] = ""
+    runs["variant"] = runs["variant"].fillna("")
+    return runs
+
+
+def reference_curve(runs: pd.DataFrame, x="clean", y="worst_case", temperature=1.0):
+    """The reference trade-off curve: `(x, y)` arrays of the `temperature` runs, each setting
+    (variant) averaged over its seeds, sorted by `x`.
+
+    Args:
+      runs: the per-run rows (`temperature`, `seed`, `variant`, `x`, `y` columns).
+      x: the clean-accuracy column.
+      y: the robust-accuracy column.
+      temperature: the reference temperature.
+    """
+    runs = _check_runs(runs, x, y)
+    ref = runs[np.isclose(runs["temperature"], temperature)]
+    if ref.empty:
+        raise ValueError(f"no runs at the reference temperature T={temperature:g}")
+    points = ref.groupby("variant")[[x, y]].mean().sort_values(x)
+    return points[x].to_numpy(float), points[y].to_numpy(float)
+
+
+def seed_spread(runs: pd.DataFrame, y="worst_case") -> float:
+    """The largest range (max - min) of `y` over the seeds of one setting (temperature and
+    variant), over the settings with two or more seeds; NaN if there are none."""
+    runs = _check_runs(runs, "seed", y)
+    ranges = [
+        float(g[y].max() - g[y].min())
+        for _, g in runs.groupby(["temperature", "variant"])
+        if g["seed"].nunique() >= 2
+    ]
+    return max(ranges) if ranges else math.nan
+
+
+@dataclasses.dataclass
+class Verdict:
+    temperature: float
+    clean: float  # mean over seeds
+    robust: float  # mean over seeds
+    curve: float  # the reference curve at `clean` (NaN outside its range)
+    excess: float  # robust - curve
+    spread: float
+    verdict: str
+
+
+def verdicts(runs, x="clean", y="worst_case", temperature=1.0) -> list[Verdict]:
+    """One `Verdict` per other temperature (its default-variant runs, averaged over seeds).
+
+    Args:
+      runs: the per-run rows (see `reference_curve`).
+      x: the clean-accuracy column.
+      y: the robust-accuracy column.
+      temperature: the reference temperature whose runs trace the curve.
+
+    "real gain" if the excess over the reference curve exceeds the seed spread, "loss" if it is
+    below minus the spread, "within seed noise" otherwise, and "not comparable" when the clean
+    accuracy lies outside the reference curve's range (no extrapolation) or no spread is known.
+    """
+    runs = _check_runs(runs, x, y)
+    cx, cy = reference_curve(runs, x, y, temperature)
+    spread = seed_spread(runs, y)
+    out = []
+    others = runs[~np.isclose(runs["temperature"], temperature) & (runs["variant"] == "")]
+    for t, g in others.groupby("temperature"):
+        clean, robust = float(g[x].mean()), float(g[y].mean())
+        if cx[0] <= clean <= cx[-1]:
+            curve = float(np.interp(clean, cx, cy))
+        else:
+            curve = math.nan
+        excess = robust - curve
+        if math.isnan(curve):
+            verdict = "not comparable (clean accuracy outside the T=1 curve)"
+        elif math.isnan(spread):
+            verdict = "not comparable (no seed spread)"
+        elif excess > spread:
+            verdict = "real gain"
+        elif excess < -spread:
+            verdict = "loss"
+        else:
+            verdict = "within seed noise"
+        out.append(Verdict(float(t), clean, robust, curve, excess, spread, verdict))
+    return out
+
+
+def plot_tradeoff(runs, x="clean", y="worst_case", temperature=1.0, title=""):
+    """Clean vs worst-case accuracy, one marker per run (seeds shown as separate markers), the
+    reference temperature's curve through its settings' seed means, one colour per T.
+
+    Args:
+      runs: the per-run rows (see `reference_curve`).
+      x: the clean-accuracy column.
+      y: the robust-accuracy column.
+      temperature: the reference temperature.
+      title: the axes' title.
+
+    Returns:
+      a `matplotlib.figure.Figure` (save it with `plots.save_figure`).
+    """
+    runs = _check_runs(runs, x, y)
+    fig = plots.new_figure(6, 4.5)
+    ax = fig.subplots()
+    cx, cy = reference_curve(runs, x, y, temperature)
+    ax.plot(cx, cy, "-", color="0.3", label=f"T={temperature:g} curve (seed means)", zorder=1)
+    temps = sorted(runs["temperature"].unique())
+    colors = dict(zip(temps, plots._colors(len(temps))))
+    markers = {}
+    for (t, variant), g in runs.groupby(["temperature", "variant"]):
+        marker = markers.setdefault(variant, plots._MARKERS[len(markers) % len(plots._MARKERS)])
+        label = f"T={t:g}" + (f" {variant}" if variant else "") + f" ({len(g)} run"
+        label += "s)" if len(g) > 1 else ")"
+        ax.scatter(g[x], g[y], color=colors[t], marker=marker, label=label, zorder=2)
+    ax.set_xlabel("clean accuracy")
+    ax.set_ylabel("worst-case robust accuracy")
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return fig
