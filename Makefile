@@ -18,12 +18,12 @@ demo: install
 	$(PY) launch/demo.py
 
 lint: install
-	$(VENV)/bin/ruff check tempscale_tf launch configs tests
-	$(VENV)/bin/ruff format --check tempscale_tf launch configs tests
+	$(VENV)/bin/ruff check tempscale_tf benchmarks launch configs tests
+	$(VENV)/bin/ruff format --check tempscale_tf benchmarks launch configs tests
 
 format: install
-	$(VENV)/bin/ruff format tempscale_tf launch configs tests
-	$(VENV)/bin/ruff check --fix tempscale_tf launch configs tests
+	$(VENV)/bin/ruff format tempscale_tf benchmarks launch configs tests
+	$(VENV)/bin/ruff check --fix tempscale_tf benchmarks launch configs tests
 
 test: lint
 	$(PY) -m pytest -q

@@ -10,9 +10,16 @@ Medians over repeats, warm-up excluded, variants timed in turns. Ratios are repo
 asserted.
 """
 
-from absl import app, flags, logging
+import os
+import sys
 
-from tempscale_tf import cli
+# `python launch/bench.py` puts only launch/ on sys.path: add the repository root for the
+# `benchmarks` package (not installed with the library).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging  # noqa: E402
+
+from tempscale_tf import cli  # noqa: E402
 
 cli.quiet_tensorflow()
 
@@ -46,7 +53,9 @@ def main(argv):
     import pandas as pd
     import tensorflow as tf
 
-    from tempscale_tf import bench, models, tables
+    from benchmarks import attacks as attack_bench
+    from benchmarks import autoattack, flops, pipeline, train_step
+    from tempscale_tf import machine, models, tables
 
     quick = FLAGS.quick
     model_names = ["small_cnn"] if quick else FLAGS.models
@@ -58,7 +67,7 @@ def main(argv):
             sizes = [FLAGS.fast_batch_size] if not quick else [32]
         logging.info("training step (the loop's own step): %s %s", name, sizes)
         fast = name == "fast_cifar"  # its whitening reads training images; XLA skipped (slow)
-        step_rows = bench.bench_train_step(
+        step_rows = train_step.bench_train_step(
             name,
             sizes,
             steps=2 if quick else 5,
@@ -78,19 +87,17 @@ def main(argv):
             )
             if r["variant"] == variant and r.get("batch_size") == largest
         }
-        rows += bench.bench_flops_ratio(name, largest, rates)
+        rows += flops.bench_flops_ratio(name, largest, rates)
     logging.info("input pipeline")
-    rows += bench.bench_input_pipeline("digits", None, 128, num_batches=5 if quick else 50)
+    rows += pipeline.bench_input_pipeline("digits", None, 128, num_batches=5 if quick else 50)
     try:
-        rows += bench.bench_input_pipeline(
+        rows += pipeline.bench_input_pipeline(
             "cifar10", FLAGS.data_dir, 128, num_batches=5 if quick else 100
         )
     except FileNotFoundError as e:
         logging.warning("cifar10 input pipeline skipped: %s", e)
 
     n = 16 if quick else FLAGS.attack_batch
-    import os
-
     from tempscale_tf import data, training
 
     if not quick and FLAGS.attack_workdir:
@@ -106,9 +113,9 @@ def main(argv):
         y = tf.constant(np.argmax(model(x), -1).astype("int32"))  # clean accuracy 100%
         attack_model = f"{model.name} (random weights) on random images"
     logging.info("PGD-20")
-    rows += bench.bench_pgd(model, x, y, steps=3 if quick else 20, repeats=1 if quick else 5)
+    rows += attack_bench.bench_pgd(model, x, y, steps=3 if quick else 20, repeats=1 if quick else 5)
     logging.info("PGD-20 vs cleverhans in fresh processes")
-    rows += bench.bench_pgd_processes(
+    rows += attack_bench.bench_pgd_processes(
         2 if quick else FLAGS.pgd_processes,
         "small_cnn",
         batch_size=32 if quick else 256,
@@ -116,21 +123,21 @@ def main(argv):
         repeats=1 if quick else 5,
     )
     logging.info("robust evaluation")
-    rows += bench.bench_robust_eval(
+    rows += attack_bench.bench_robust_eval(
         model, x, y, steps=3 if quick else 20, repeats=1 if quick else 3
     )
     logging.info("C&W-L2")
-    rows += bench.bench_cw_l2(model, x[:8], y[:8], 1 if quick else 3, 5 if quick else 50)
+    rows += attack_bench.bench_cw_l2(model, x[:8], y[:8], 1 if quick else 3, 5 if quick else 50)
     logging.info("AutoAttack: ours vs ART")
     x_test, y_test = data.load_arrays("digits", "test")
     k = 16 if quick else FLAGS.autoattack_examples
     # eps chosen so that the robust accuracy is informative (near 0.5) for each model.
     for build, eps in [
-        (bench.digits_linear_model, 0.075),
-        (bench.digits_attack_model, 0.015),
+        (autoattack.digits_linear_model, 0.075),
+        (autoattack.digits_attack_model, 0.015),
     ]:
         attack_model_k = build(epochs=1) if quick else build()
-        rows += bench.bench_autoattack(
+        rows += autoattack.bench_autoattack(
             attack_model_k,
             x_test[:k],
             y_test[:k],
@@ -139,16 +146,16 @@ def main(argv):
             queries=20 if quick else 5000,
         )
     logging.info("corruptions")
-    rows += bench.bench_corruptions(
+    rows += pipeline.bench_corruptions(
         32 if quick else 256, ["gaussian_noise", "fog"] if quick else None
     )
 
-    cpu = bench.cpu_description()
+    cpu = machine.cpu_description()
     rows = [{**r, "cpu": cpu} for r in rows]
     frame = pd.DataFrame(rows)
     command = cli.command_line()
     settings = {
-        "machine": bench.machine_description(),
+        "machine": machine.machine_description(),
         "quick": quick,
         "attack model": attack_model,
         "attack batch": n,

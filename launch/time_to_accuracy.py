@@ -67,9 +67,9 @@ def main(argv):
                 f"epoch {e}: {m / 60:.1f} min, {a:.4f} ({r:.0f} img/s)" for e, m, a, r in rows
             )
         )
-    from tempscale_tf import bench
+    from tempscale_tf import machine
 
-    settings = {"machine": bench.machine_description()}
+    settings = {"machine": machine.machine_description()}
     tables.write_table(
         records, FLAGS.out, command=cli.command_line(), settings=settings, notes=notes
     )

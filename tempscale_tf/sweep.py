@@ -214,7 +214,7 @@ def _diverged_row(config, workdir, settings, error) -> dict:
     if not os.path.exists(history):
         atomic_write_json(history, [])
     if not os.path.exists(os.path.join(workdir, "config.json")):
-        atomic_write_json(os.path.join(workdir, "config.json"), training._config_dict(config))
+        atomic_write_json(os.path.join(workdir, "config.json"), training.config_dict(config))
     atomic_write_json(os.path.join(workdir, "metrics.json"), {"diverged": message})
     atomic_write_json(os.path.join(workdir, "eval.json"), row)
     return row

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tempscale_tf import bench, data, tables, training
+from benchmarks import attacks as attack_bench
+from benchmarks import train_step as step_bench
+from tempscale_tf import data, distribute, machine, tables, training
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -36,7 +38,7 @@ def _tiny_config(**overrides):
         model_kwargs=ml_collections.ConfigDict({"width": 4}),
     )
     settings.update(overrides)
-    return bench.train_config("small_cnn", BATCH, **settings)
+    return step_bench.train_config("small_cnn", BATCH, **settings)
 
 
 def _first_training_batch(config):
@@ -68,7 +70,9 @@ def test_benchmarked_step_is_the_training_loops_step(tmp_path):
     assert checkpoint and checkpoint.endswith("-1")
 
     # The benchmarked step, built from the same config, on the same first batch.
-    step = bench.loop_step(config, total_steps=steps_per_epoch, steps_per_epoch=steps_per_epoch)
+    step = training.make_train_step(
+        config, total_steps=steps_per_epoch, steps_per_epoch=steps_per_epoch
+    )
     initial = _values(step.model.weights)
     batch = tf.data.Dataset.from_tensors(_first_training_batch(config))
     loss_sum, correct, count = (float(t) for t in step.run(batch))
@@ -77,7 +81,7 @@ def test_benchmarked_step_is_the_training_loops_step(tmp_path):
     assert any(not np.array_equal(a, b) for a, b in zip(initial, _values(step.model.weights)))
 
     # The loop's weights after its step, restored into an identically built state.
-    reference = bench.loop_step(
+    reference = training.make_train_step(
         config, total_steps=steps_per_epoch, steps_per_epoch=steps_per_epoch
     )
     training.restore_checkpoint(reference.state.checkpoint, checkpoint)
@@ -93,7 +97,7 @@ def test_benchmarked_step_is_the_training_loops_step(tmp_path):
         np.testing.assert_array_equal(ours, loops)
 
     # The weight decay is part of the benchmarked step: without it the kernels end elsewhere.
-    plain = bench.loop_step(
+    plain = training.make_train_step(
         _tiny_config(weight_decay=0.0),
         total_steps=steps_per_epoch,
         steps_per_epoch=steps_per_epoch,
@@ -108,11 +112,11 @@ def test_benchmarked_step_is_the_training_loops_step(tmp_path):
 
 
 def test_mixed_precision_step_computes_in_bfloat16():
-    assert bench.mixed_policy_name() == "mixed_bfloat16"  # tests run on CPU
+    assert distribute.mixed_policy_name() == "mixed_bfloat16"  # tests run on CPU
     images, labels = _first_training_batch(_tiny_config())
     conv1 = {}
     for mixed in (False, True):
-        step = bench.loop_step(_tiny_config(mixed_precision=mixed))
+        step = training.make_train_step(_tiny_config(mixed_precision=mixed))
         layer = step.model.get_layer("conv1")
         conv1[mixed] = layer
         assert layer.variable_dtype == "float32"
@@ -129,9 +133,9 @@ def test_mixed_precision_step_computes_in_bfloat16():
 
 
 def test_cpu_description_records_bf16_features():
-    features = bench.cpu_bf16_features()
-    assert "bf16:" in bench.machine_description()
-    assert bench.cpu_description() == f"{bench.cpu_model()} ({features})"
+    features = machine.cpu_bf16_description()
+    assert "bf16:" in machine.machine_description()
+    assert machine.cpu_description() == f"{machine.cpu_model()} ({features})"
     if not os.path.exists("/proc/cpuinfo"):
         assert features == "unknown"
         return
@@ -139,7 +143,7 @@ def test_cpu_description_records_bf16_features():
     for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("flags"):
             flags.update(line.split(":", 1)[1].split())
-    for flag in bench.BF16_CPU_FLAGS:
+    for flag in machine.BF16_CPU_FLAGS:
         assert (f"no {flag}" in features) == (flag not in flags)
         assert flag in features
 
@@ -155,8 +159,8 @@ def test_onednn_loop_maxpool_grads_reads_the_rewrite_log():
             "MaxPool2d/MaxPoolGrad with op MaxPoolGrad for Mkl layout optimization.",
         ]
     )
-    assert bench.onednn_loop_maxpool_grads(log) == 1  # only the one inside the loop
-    assert bench.onednn_loop_maxpool_grads("no rewrite pass logged") is None
+    assert attack_bench.onednn_loop_maxpool_grads(log) == 1  # only the one inside the loop
+    assert attack_bench.onednn_loop_maxpool_grads("no rewrite pass logged") is None
 
 
 @pytest.mark.timeout(1500)
@@ -173,7 +177,7 @@ def test_bench_quick_writes_table(tmp_path):
     frame = tables.read_table(out.with_suffix(".csv"))
     assert {"benchmark", "variant", "value", "unit", "cpu"} <= set(frame.columns)
     assert frame["cpu"].nunique() == 1
-    assert frame["cpu"].iloc[0] == bench.cpu_description()
+    assert frame["cpu"].iloc[0] == machine.cpu_description()
     assert {
         "train_step",
         "flops",

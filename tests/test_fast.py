@@ -104,23 +104,33 @@ def _fast_config(**overrides):
     return c
 
 
-def _one_step(tmp_path, **model_kwargs):
+def _loop_step(config):
+    """The training loop's own step for `config` (default strategy, a one-step schedule)."""
+    return training.make_train_step(
+        config, tf.distribute.get_strategy(), total_steps=1, steps_per_epoch=1
+    )
+
+
+def _step_once(step):
+    """One training step on the first 64 digits images: (loss sum, {path: weight change})."""
+    variables = step.model.trainable_variables
+    before = [v.numpy().copy() for v in variables]
+    batch = next(iter(data.load("digits", "train", batch_size=64, subset=64, augment=False)))
+    loss_sum = float(step.steps.train_step(batch)[0])
+    return loss_sum, {v.path: v.numpy() - b for v, b in zip(variables, before)}
+
+
+def _one_step(**model_kwargs):
     config = _fast_config()
     config.model_kwargs.update(model_kwargs)
-    strategy = tf.distribute.get_strategy()
-    state = training._make_state(config, str(tmp_path), strategy, 1, 1)
-    before = {v.path: v.numpy().copy() for v in state.model.trainable_variables}
-    steps = training._Steps(config, state, strategy, 64)
-    batch = next(iter(data.load("digits", "train", batch_size=64, subset=64, augment=False)))
-    steps.train_step(batch)
-    return {v.path: v.numpy() - before[v.path] for v in state.model.trainable_variables}
+    return _step_once(_loop_step(config))[1]
 
 
-def test_bias_lr_scale_applies_only_to_batch_norm_offsets(tmp_path):
+def test_bias_lr_scale_applies_only_to_batch_norm_offsets():
     """With plain SGD one step moves each weight by -lr * multiplier * gradient: the batch-norm
     offsets move 64x as far, every other weight exactly as far, as with no multiplier."""
-    plain = _one_step(tmp_path / "a", bn_bias_lr_scale=1.0, head_scale=1.0)
-    scaled = _one_step(tmp_path / "b", bn_bias_lr_scale=64.0, head_scale=1.0)
+    plain = _one_step(bn_bias_lr_scale=1.0, head_scale=1.0)
+    scaled = _one_step(bn_bias_lr_scale=64.0, head_scale=1.0)
     assert plain.keys() == scaled.keys()
     offsets = [p for p in plain if p.endswith("beta")]
     assert len(offsets) == 6 and not any("gamma" in p for p in plain)  # no BN scale
@@ -129,11 +139,11 @@ def test_bias_lr_scale_applies_only_to_batch_norm_offsets(tmp_path):
         np.testing.assert_allclose(scaled[path], factor * plain[path], rtol=2e-3, atol=1e-7)
 
 
-def test_head_scale_is_the_logit_scale_reparametrised(tmp_path):
+def test_head_scale_is_the_logit_scale_reparametrised():
     """head_scale s: the head starts s times smaller and its step is s^2 times smaller, so s*W
     (the effective logit weights of airbench's `logits * s`) move by s^2 * lr * grad."""
-    plain = _one_step(tmp_path / "a", head_scale=1.0)
-    scaled = _one_step(tmp_path / "b", head_scale=1.0 / 9.0)
+    plain = _one_step(head_scale=1.0)
+    scaled = _one_step(head_scale=1.0 / 9.0)
     # Same body init (seeded), head init 9x smaller: the head's own gradient is unchanged at
     # the first step only if the logits' dependence on it is; compare the ratio of updates.
     ratio = np.abs(scaled["logits/kernel"]).sum() / np.abs(plain["logits/kernel"]).sum()
@@ -202,28 +212,19 @@ def test_reflect_padding_crop():
         np.testing.assert_array_equal(out[i], padded[i, r : r + 6, c : c + 6])
 
 
-def test_bfloat16_and_float32_steps_agree(tmp_path):
+def test_bfloat16_and_float32_steps_agree():
     """One training step of a small model in mixed bfloat16 and in float32 from the same
     weights: the updates agree to bfloat16 precision (and the body computes in bfloat16)."""
     updates = {}
     for precision in (False, True):
         config = _fast_config(model="small_cnn", mixed_precision=precision, lr=0.5)
         config.model_kwargs = type(config.model_kwargs)({"width": 8})
-        strategy = tf.distribute.get_strategy()
-        state = training._make_state(config, str(tmp_path / str(precision)), strategy, 1, 1)
+        step = _loop_step(config)
         if precision:
-            assert state.model.get_layer("conv1").compute_dtype == "bfloat16"
-            assert state.model.get_layer("logits").compute_dtype == "float32"
-        before = [v.numpy().copy() for v in state.model.trainable_variables]
-        steps = training._Steps(config, state, strategy, 64)
-        batch = next(iter(data.load("digits", "train", batch_size=64, subset=64, augment=False)))
-        loss = float(steps.train_step(batch)[0]) / 64
-        updates[precision] = (
-            loss,
-            np.concatenate(
-                [(v.numpy() - b).ravel() for v, b in zip(state.model.trainable_variables, before)]
-            ),
-        )
+            assert step.model.get_layer("conv1").compute_dtype == "bfloat16"
+            assert step.model.get_layer("logits").compute_dtype == "float32"
+        loss_sum, moves = _step_once(step)
+        updates[precision] = (loss_sum / 64, np.concatenate([m.ravel() for m in moves.values()]))
     (loss32, u32), (loss16, u16) = updates[False], updates[True]
     assert loss16 == pytest.approx(loss32, rel=2e-2)
     cosine = u32 @ u16 / np.linalg.norm(u32) / np.linalg.norm(u16)
@@ -243,14 +244,13 @@ def test_mixed_precision_auto_follows_the_cpu(monkeypatch):
         distribute.resolve_mixed_precision("fast")
 
 
-def test_float16_loss_scaling_keeps_the_weight_decay(tmp_path):
+def test_float16_loss_scaling_keeps_the_weight_decay():
     """Under a LossScaleOptimizer the decay is added to scaled gradients; it must be scaled too
     (one step with mixed float16 equals the float32 step up to float16 precision)."""
     moves = {}
     for policy in (None, "mixed_float16"):
         config = _fast_config(model="small_cnn", weight_decay=0.5, lr=0.1)
         config.model_kwargs = type(config.model_kwargs)({"width": 4})
-        strategy = tf.distribute.get_strategy()
         if policy:
             import unittest.mock
 
@@ -258,15 +258,12 @@ def test_float16_loss_scaling_keeps_the_weight_decay(tmp_path):
                 distribute, "mixed_policy_name", lambda: "mixed_float16"
             ):
                 config.mixed_precision = True
-                state = training._make_state(config, str(tmp_path / "16"), strategy, 1, 1)
+                step = _loop_step(config)
         else:
-            state = training._make_state(config, str(tmp_path / "32"), strategy, 1, 1)
-        kernel = state.model.get_layer("conv1").kernel
+            step = _loop_step(config)
+        kernel = step.model.get_layer("conv1").kernel
         before = kernel.numpy().copy()
-        steps = training._Steps(config, state, strategy, 64)
-        batch = next(iter(data.load("digits", "train", batch_size=64, subset=64, augment=False)))
-        steps.train_step(batch)
-        moves[policy] = kernel.numpy() - before
+        moves[policy] = _step_once(step)[1][kernel.path]
         decay_part = -0.1 * 0.5 * before
     # The decay dominates this step; without scaling it, the float16 step would be ~0.
     np.testing.assert_allclose(moves["mixed_float16"], moves[None], rtol=0.1, atol=2e-3)

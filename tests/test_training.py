@@ -13,6 +13,8 @@ import tensorflow as tf
 
 from tempscale_tf import distribute, training
 from tempscale_tf.export import load_saved_model
+from tempscale_tf.files import atomic_write_json, read_json
+from tempscale_tf.training.loop import check_finite_losses
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -49,8 +51,8 @@ def test_two_replicas_match_one_device(tmp_path):
     assert two.num_replicas_in_sync == 2
     training.train(tiny_config(), tmp_path / "one", strategy=one, progress=False)
     training.train(tiny_config(), tmp_path / "two", strategy=two, progress=False)
-    h1 = training.read_json(tmp_path / "one" / "history.json")
-    h2 = training.read_json(tmp_path / "two" / "history.json")
+    h1 = read_json(tmp_path / "one" / "history.json")
+    h2 = read_json(tmp_path / "two" / "history.json")
     for a, b in zip(h1, h2):
         np.testing.assert_allclose(a["train/loss"], b["train/loss"], rtol=2e-4)
         np.testing.assert_allclose(a["test/loss"], b["test/loss"], rtol=2e-4)
@@ -70,8 +72,8 @@ def test_stop_mid_epoch_and_resume_ends_at_same_weights(tmp_path):
     assert resumed["steps"] == full["steps"] == 12
     for a, b in zip(_weights(tmp_path / "full"), _weights(tmp_path / "split")):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    h_full = training.read_json(tmp_path / "full" / "history.json")
-    h_split = training.read_json(tmp_path / "split" / "history.json")
+    h_full = read_json(tmp_path / "full" / "history.json")
+    h_split = read_json(tmp_path / "split" / "history.json")
     assert [h["epoch"] for h in h_split] == [0, 1, 2]
     for a, b in zip(h_full, h_split):
         np.testing.assert_allclose(a["train/loss"], b["train/loss"], rtol=1e-5)
@@ -244,7 +246,7 @@ def test_other_step_variants_train(tmp_path, overrides):
         config.model_kwargs = type(config.model_kwargs)({"patch_size": 8})
     strategy = tf.distribute.get_strategy()
     metrics = training.train(config, tmp_path / "run", strategy=strategy, progress=False)
-    history = training.read_json(tmp_path / "run" / "history.json")
+    history = read_json(tmp_path / "run" / "history.json")
     # It learns: the loss falls by a margin and the test accuracy beats chance (0.1).
     assert history[-1]["train/loss"] < history[0]["train/loss"] - 0.05
     assert metrics["test/accuracy"] > 0.2  # chance: 0.1 +- 0.04 on 64 images
@@ -285,8 +287,8 @@ def test_diverging_run_stops_and_exports_nothing(tmp_path):
 def test_non_finite_loss_names_its_step(tmp_path):
     losses = np.array([2.3, 2.2, np.nan, np.inf])
     with pytest.raises(training.TrainingDivergedError, match="nan at step 12"):
-        training._check_finite_losses(losses, 10, str(tmp_path), _FakeState())
-    training._check_finite_losses(np.array([1.0, 2.0]), 10, str(tmp_path), _FakeState())
+        check_finite_losses(losses, 10, str(tmp_path), _FakeState())
+    check_finite_losses(np.array([1.0, 2.0]), 10, str(tmp_path), _FakeState())
 
 
 class _FakeState:
@@ -320,7 +322,7 @@ class _FakeState:
     ids=lambda d: next(iter(d)),
 )
 def test_resume_refuses_a_changed_setting(tmp_path, change):
-    training.atomic_write_json(tmp_path / "config.json", training._config_dict(tiny_config()))
+    atomic_write_json(tmp_path / "config.json", training.config_dict(tiny_config()))
     training.check_resume_config(tmp_path, tiny_config())  # the same settings resume
     key = next(iter(change))
     with pytest.raises(ValueError, match=key):
@@ -328,7 +330,7 @@ def test_resume_refuses_a_changed_setting(tmp_path, change):
 
 
 def test_resume_allows_execution_and_logging_changes(tmp_path):
-    training.atomic_write_json(tmp_path / "config.json", training._config_dict(tiny_config()))
+    atomic_write_json(tmp_path / "config.json", training.config_dict(tiny_config()))
     training.check_resume_config(
         tmp_path,
         tiny_config(
@@ -343,9 +345,9 @@ def test_resume_allows_execution_and_logging_changes(tmp_path):
         ),
     )
     # A field that an older config.json lacks must equal its default.
-    old = training._config_dict(tiny_config())
+    old = training.config_dict(tiny_config())
     del old["nesterov"]
-    training.atomic_write_json(tmp_path / "config.json", old)
+    atomic_write_json(tmp_path / "config.json", old)
     training.check_resume_config(tmp_path, tiny_config())
     with pytest.raises(ValueError, match="nesterov"):
         training.check_resume_config(tmp_path, tiny_config(nesterov=True))
@@ -387,7 +389,7 @@ def test_decay_selects_weights_not_biases_or_norms():
     x = Odd()(x)
     x = keras.layers.MultiHeadAttention(2, 4)(x[:, None], x[:, None])
     model = keras.Model(inputs, keras.layers.Dense(2)(x))
-    decayed = {v.path for v in model.trainable_variables if training._decayed(v)}
+    decayed = {v.path for v in model.trainable_variables if training.is_decayed(v)}
     expected = {
         v.path
         for v in model.trainable_variables
@@ -421,9 +423,9 @@ def test_weight_decay_is_added_once_across_replicas(tmp_path, replicas):
     w0 = {v.path: v.numpy() for v in initial.trainable_variables}
     checked = 0
     for v in model.trainable_variables:
-        expected = -0.1 * 0.3 * w0[v.path] if training._decayed(v) else 0.0
+        expected = -0.1 * 0.3 * w0[v.path] if training.is_decayed(v) else 0.0
         np.testing.assert_allclose(
             with_wd[v.path] - without[v.path], expected, atol=2e-6, err_msg=v.path
         )
-        checked += training._decayed(v)
+        checked += training.is_decayed(v)
     assert checked >= 3
