@@ -167,7 +167,7 @@ def corruption_accuracy(
         per_severity = []
         for j, severity in enumerate(severities):
             if cifar10c_dir:
-                x, y = corruptions.load_cifar10_c(cifar10c_dir, name, severity)
+                x, y = data_lib.load_cifar10_c(cifar10c_dir, name, severity)
             else:
                 x, y = corruptions.corrupt(images, name, severity, seed=seed), labels
             accuracy = float(np.mean(predict_labels(model, x) == y))

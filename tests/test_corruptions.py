@@ -1,4 +1,5 @@
-"""Tests for `tempscale_tf.corruptions` (CIFAR-10-C corruptions and loaders).
+"""Tests for `tempscale_tf.corruptions` (CIFAR-10-C corruptions) and the loader of the official
+files, `tempscale_tf.data.load_cifar10_c` (re-exported as `corruptions.load_cifar10_c`).
 
 Independent references are written here from the published formulas of the official CIFAR-10-C
 generator (hendrycks/robustness, `ImageNet-C/create_c/make_cifar_c.py`), using scipy,
@@ -18,6 +19,10 @@ from scipy import ndimage
 from skimage import color, data, filters, transform, util
 
 from tempscale_tf import corruptions as C
+from tempscale_tf.corruptions.blur import _glass_shuffle
+from tempscale_tf.corruptions.registry import _CHUNK
+from tempscale_tf.corruptions.weather import _frost_texture
+from tempscale_tf.data import load_cifar10_c
 
 DETERMINISTIC = sorted(set(C.CORRUPTIONS) - C.STOCHASTIC_CORRUPTIONS)
 STOCHASTIC = [n for n in C.CORRUPTIONS if n in C.STOCHASTIC_CORRUPTIONS]
@@ -146,10 +151,10 @@ def test_other_image_sizes(shape):
 
 
 def test_large_batch_is_chunked_deterministically(natural):
-    x = np.tile(natural, (C._CHUNK // len(natural) + 1, 1, 1, 1))  # crosses a chunk boundary
+    x = np.tile(natural, (_CHUNK // len(natural) + 1, 1, 1, 1))  # crosses a chunk boundary
     y = C.corrupt(x, "motion_blur", 5, seed=2)
     np.testing.assert_array_equal(y, C.corrupt(x, "motion_blur", 5, seed=2))
-    np.testing.assert_array_equal(y[: C._CHUNK], C.corrupt(x[: C._CHUNK], "motion_blur", 5, 2))
+    np.testing.assert_array_equal(y[:_CHUNK], C.corrupt(x[:_CHUNK], "motion_blur", 5, 2))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -376,7 +381,7 @@ def test_glass_shuffle_equals_the_official_sequential_loop(natural):
                 hp, wp = h + dy, w + dx
                 # The official statement, numpy-view semantics included.
                 img[h, w], img[hp, wp] = img[hp, wp], img[h, w]
-    np.testing.assert_array_equal(C._glass_shuffle(x, offsets, d), expected)
+    np.testing.assert_array_equal(_glass_shuffle(x, offsets, d), expected)
 
 
 def test_glass_blur_pipeline(natural):
@@ -389,7 +394,7 @@ def test_glass_blur_pipeline(natural):
 
     y = blur(x)
     for _ in range(iterations):
-        y = C._glass_shuffle(y, rng.integers(-d, d, size=(2, 30, 30, 2)), d)
+        y = _glass_shuffle(y, rng.integers(-d, d, size=(2, 30, 30, 2)), d)
     expected = np.clip(blur(y), 0, 1)
     np.testing.assert_allclose(C.corrupt(x, "glass_blur", 5, seed=4), expected, atol=1e-6)
 
@@ -505,7 +510,7 @@ def test_snow_and_frost_blend_formulas(natural):
     snowy = C.corrupt(x, "snow", 1, seed=0)
     assert np.all(snowy >= np.clip(lifted, 0, 1) - 1e-6)
     # Frost: c0 * x + c1 * texture, with a bluish-white texture in [0, 1].
-    texture = C._frost_texture(np.random.default_rng(3), 4, 32, 32, 1.0)
+    texture = _frost_texture(np.random.default_rng(3), 4, 32, 32, 1.0)
     assert 0.3 < texture.mean() < 0.6 and texture.min() >= 0 and texture.max() <= 1
     assert texture[..., 2].mean() > texture[..., 0].mean()
     expected = np.clip(0.75 * x + 0.45 * texture, 0, 1)
@@ -600,22 +605,23 @@ def _write_fake_release(folder, name, n=6, labels_repeated=True):
 
 def test_load_cifar10_c_official_layout(tmp_path):
     images, labels = _write_fake_release(tmp_path / "CIFAR-10-C", "glass_blur")
+    assert C.load_cifar10_c is load_cifar10_c  # the compatibility re-export
     for data_dir in (tmp_path, tmp_path / "CIFAR-10-C", str(tmp_path)):
-        x, y = C.load_cifar10_c(data_dir, "glass_blur", 3)
+        x, y = load_cifar10_c(data_dir, "glass_blur", 3)
         assert x.shape == (6, 32, 32, 3) and x.dtype == np.float32
         assert y.dtype == np.int64
         np.testing.assert_array_equal(y, labels)
         np.testing.assert_allclose(x, images[12:18] / 255.0)
         np.testing.assert_allclose(x[:, 0, 0, 0] * 255, 120 + np.arange(6), atol=1e-4)
     _write_fake_release(tmp_path / "other" / "CIFAR-10-C", "fog", labels_repeated=False)
-    x, y = C.load_cifar10_c(tmp_path / "other", "fog", 5)
+    x, y = load_cifar10_c(tmp_path / "other", "fog", 5)
     np.testing.assert_allclose(x[:, 0, 0, 0] * 255, 200 + np.arange(6), atol=1e-4)
     np.testing.assert_array_equal(y, labels)
 
 
 def test_load_cifar10_c_missing_files(tmp_path):
     with pytest.raises(FileNotFoundError) as info:
-        C.load_cifar10_c(tmp_path, "snow", 2)
+        load_cifar10_c(tmp_path, "snow", 2)
     message = str(info.value)
     folder = str(tmp_path / "CIFAR-10-C")
     for part in (
@@ -632,11 +638,11 @@ def test_load_cifar10_c_missing_files(tmp_path):
     (tmp_path / "CIFAR-10-C").mkdir()
     np.save(tmp_path / "CIFAR-10-C" / "snow.npy", np.zeros((5, 32, 32, 3), np.uint8))
     with pytest.raises(FileNotFoundError, match=r"missing: .*labels\.npy\)"):
-        C.load_cifar10_c(tmp_path, "snow", 2)
+        load_cifar10_c(tmp_path, "snow", 2)
     with pytest.raises(ValueError, match="valid names"):
-        C.load_cifar10_c(tmp_path, "blur", 2)
+        load_cifar10_c(tmp_path, "blur", 2)
     with pytest.raises(ValueError, match="severity"):
-        C.load_cifar10_c(tmp_path, "snow", 0)
+        load_cifar10_c(tmp_path, "snow", 0)
 
 
 def test_load_cifar10_c_rejects_a_wrong_layout(tmp_path):
@@ -645,7 +651,7 @@ def test_load_cifar10_c_rejects_a_wrong_layout(tmp_path):
     np.save(folder / "fog.npy", np.zeros((7, 32, 32, 3), np.uint8))
     np.save(folder / "labels.npy", np.zeros(7, np.uint8))
     with pytest.raises(ValueError, match="five severity blocks"):
-        C.load_cifar10_c(tmp_path, "fog", 1)
+        load_cifar10_c(tmp_path, "fog", 1)
 
 
 def test_load_cifar10_c_from_a_tfds_build(tmp_path, monkeypatch):
@@ -669,11 +675,11 @@ def test_load_cifar10_c_from_a_tfds_build(tmp_path, monkeypatch):
     builder.download_and_prepare()
     monkeypatch.undo()
 
-    x, y = C.load_cifar10_c(tmp_path / "tfds", "elastic_transform", 2)
+    x, y = load_cifar10_c(tmp_path / "tfds", "elastic_transform", 2)
     assert x.shape == (4, 32, 32, 3) and x.dtype == np.float32 and y.dtype == np.int64
     # TFDS stores examples shuffled: compare as (pixel value, label) pairs.
     index = np.rint(x[:, 0, 0, 0] * 255).astype(int) - 80
     assert sorted(index) == [0, 1, 2, 3]
     np.testing.assert_array_equal(y, labels[index])
     with pytest.raises(FileNotFoundError):
-        C.load_cifar10_c(tmp_path / "tfds", "elastic_transform", 3)
+        load_cifar10_c(tmp_path / "tfds", "elastic_transform", 3)

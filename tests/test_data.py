@@ -256,3 +256,108 @@ def test_check_arrays_accepts_integral_float_labels():
     x = np.zeros((3, 2, 2, 1), np.uint8)
     _, y = data.check_arrays(x, np.array([0.0, 2.0, 1.0]), "mine", num_classes=3)
     assert y.dtype == np.int64 and y.tolist() == [0, 2, 1]
+
+
+# ------------------------------------------------------------------------------- the registry
+
+
+def test_unknown_dataset_names_list_the_registered_ones():
+    assert data.names() == ("digits", "cifar10", "cifar100", "tiny_imagenet")
+    assert data.DATASETS == (*data.names(), "npz:<path>")
+    expected = "Available: ['digits', 'cifar10', 'cifar100', 'tiny_imagenet', 'npz:<path>']"
+    for bad in ("mnist", "npz:", None, 3):
+        with pytest.raises(ValueError, match=f"Unknown dataset {bad!r}") as err:
+            data.check_name(bad)
+        assert expected in str(err.value)
+    for call in (data.lookup, data.info, data.load_arrays, data.load):
+        with pytest.raises(ValueError, match="Unknown dataset 'mnist'"):
+            call("mnist")
+    with pytest.raises(ValueError, match="not a registered dataset"):
+        data.lookup("npz:/some/file.npz")
+    assert data.check_name("npz:/some/file.npz") == "npz:/some/file.npz"
+    assert data._check_name is data.check_name  # the former name, still called by training
+
+
+@pytest.mark.parametrize(
+    "name, num_classes, image_shape, mean, std, crop_padding",
+    [
+        ("cifar10", 10, (32, 32, 3), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 4),
+        ("cifar100", 100, (32, 32, 3), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 4),
+        ("tiny_imagenet", 200, (64, 64, 3), (0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821), 8),
+    ],
+)
+def test_registered_datasets_keep_their_facts(
+    name, num_classes, image_shape, mean, std, crop_padding
+):
+    assert data.lookup(name).num_classes == num_classes
+    # `info` needs no files for these (the statistics are registered).
+    assert data.info(name, data_dir="/nonexistent") == data.DatasetInfo(
+        name, num_classes, image_shape, mean, std, flip=True, crop_padding=crop_padding
+    )
+
+
+def test_digits_info_is_computed_from_its_training_split():
+    x, _ = data.load_arrays("digits", "train")
+    assert data.lookup("digits").stats is None
+    assert data.info("digits") == data.DatasetInfo(
+        "digits",
+        10,
+        (32, 32, 3),
+        tuple(float(v) for v in x.mean(axis=(0, 1, 2))),
+        tuple(float(v) for v in x.std(axis=(0, 1, 2))),
+        flip=False,
+        crop_padding=2,
+    )
+
+
+def test_register_a_dataset(tmp_path, monkeypatch):
+    from tempscale_tf.data import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # undone after the test
+    rng = np.random.default_rng(5)
+    arrays = {
+        "train": (rng.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8), np.arange(12) % 3),
+        "test": (rng.integers(0, 256, (5, 8, 8, 3), dtype=np.uint8), np.arange(5) % 3),
+    }
+    seen_dirs = []
+
+    def loader(split_name, data_dir):
+        seen_dirs.append(data_dir)
+        return arrays[split_name]
+
+    spec = data.register("toy", loader, num_classes=3, image_shape=(8, 8, 3), crop_padding=1)
+    assert data.lookup("toy") is spec and data.names()[-1] == "toy"
+    x, y = data.load_arrays("toy", "train[2:6]", tmp_path)
+    np.testing.assert_array_equal(x, arrays["train"][0][2:6])
+    assert y.dtype == np.int64 and seen_dirs == [tmp_path]
+    info = data.info("toy", tmp_path)  # no stats registered: computed in [0, 1] units
+    np.testing.assert_allclose(
+        info.mean, (arrays["train"][0] / 255).mean(axis=(0, 1, 2)), rtol=1e-5
+    )
+    assert (info.num_classes, info.image_shape, info.flip, info.crop_padding) == (
+        3,
+        (8, 8, 3),
+        True,
+        1,
+    )
+    xb, yb = next(iter(data.load("toy", "test", tmp_path, batch_size=5)))
+    assert xb.shape == (5, 8, 8, 3) and yb.numpy().tolist() == [0, 1, 2, 0, 1]
+    with pytest.raises(ValueError, match="already registered"):
+        data.register("toy", loader, num_classes=3, image_shape=(8, 8, 3))
+    with pytest.raises(ValueError, match="npz"):
+        data.register("npz:toy", loader, num_classes=3, image_shape=(8, 8, 3))
+
+
+def test_subset_indices_is_the_one_seeded_sample():
+    def reference(n, k, seed):
+        return np.sort(np.random.default_rng(seed).permutation(n)[:k])
+
+    np.testing.assert_array_equal(data.subset_indices(100, 10), reference(100, 10, 12345))
+    np.testing.assert_array_equal(data.subset_indices(100, 10, seed=0), reference(100, 10, 0))
+    for everything in (None, 0, 100, 250):
+        np.testing.assert_array_equal(data.subset_indices(100, everything), np.arange(100))
+    # `load(subset=...)` keeps exactly that sample.
+    x, y = data.load_arrays("digits", "test")
+    keep = data.subset_indices(len(y), 50)
+    batches = list(data.load("digits", "test", batch_size=50, subset=50))
+    np.testing.assert_array_equal(batches[0][1], y[keep])

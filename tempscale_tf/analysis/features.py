@@ -24,13 +24,6 @@ def to_float_images(images) -> np.ndarray:
     return images.astype(np.float32, copy=False)
 
 
-def subsample_indices(n: int, max_examples=None, seed: int = 0) -> np.ndarray:
-    """Sorted indices of a fixed seeded sample of `max_examples` out of `n` (all if None/0)."""
-    if not max_examples or max_examples >= n:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).permutation(n)[: int(max_examples)])
-
-
 def evaluation_arrays(config, split=None, max_examples=None, seed: int = 0, data_dir=None):
     """(images float32 [N,H,W,C] in [0, 1], labels int64 [N]) of a run's evaluation split.
 
@@ -44,7 +37,7 @@ def evaluation_arrays(config, split=None, max_examples=None, seed: int = 0, data
     split = split or config.test_split
     data_dir = data_dir or config.data_dir or None
     images, labels = data_lib.load_arrays(config.dataset, split, data_dir)
-    keep = subsample_indices(len(labels), max_examples, seed)
+    keep = data_lib.subset_indices(len(labels), max_examples, seed=seed)
     return to_float_images(images[keep]), np.asarray(labels[keep], dtype=np.int64)
 
 

@@ -143,10 +143,10 @@ def tsne_embedding(features, max_examples=1000, seed=0, perplexity=30.0):
     """
     from sklearn.manifold import TSNE
 
-    from tempscale_tf.analysis.features import subsample_indices
+    from tempscale_tf.data import subset_indices
 
     features = np.asarray(features, np.float64)
-    idx = subsample_indices(len(features), max_examples, seed)
+    idx = subset_indices(len(features), max_examples, seed=seed)
     x = features[idx]
     x = x - x.mean(axis=0)
     scale = np.sqrt(np.mean(np.sum(x**2, axis=1)))

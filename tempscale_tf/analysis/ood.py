@@ -217,7 +217,8 @@ def make_ood_set(name: str, images_in, data_dir=None, max_examples=None, seed=0)
       FileNotFoundError / ValueError: when a dataset set's files are missing or unreadable, or
         its images do not have the in-distribution image shape.
     """
-    from tempscale_tf.analysis.features import subsample_indices, to_float_images
+    from tempscale_tf.analysis.features import to_float_images
+    from tempscale_tf.data import subset_indices
 
     images_in = np.asarray(images_in, np.float32)
     n = int(max_examples or len(images_in))
@@ -240,7 +241,7 @@ def make_ood_set(name: str, images_in, data_dir=None, max_examples=None, seed=0)
             f"OOD set {name!r} has images of shape {images.shape[1:]}, the in-distribution "
             f"data {images_in.shape[1:]}"
         )
-    return to_float_images(images[subsample_indices(len(images), n, seed)])
+    return to_float_images(images[subset_indices(len(images), n, seed=seed)])
 
 
 def ood_sets(names, images_in, data_dir=None, max_examples=None, seed=0):
