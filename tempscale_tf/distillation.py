@@ -251,6 +251,7 @@ def training_dataset(
     order = order.batch(batch_size, drop_remainder=True)
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
 
+    @tf.autograph.experimental.do_not_convert  # no source read when traced
     def make_batch(idx, batch_seed):
         x = tf.cast(tf.gather(images_t, idx), tf.float32) * scale
         if augment:

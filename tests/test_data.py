@@ -275,7 +275,6 @@ def test_unknown_dataset_names_list_the_registered_ones():
     with pytest.raises(ValueError, match="not a registered dataset"):
         data.lookup("npz:/some/file.npz")
     assert data.check_name("npz:/some/file.npz") == "npz:/some/file.npz"
-    assert data._check_name is data.check_name  # the former name, still called by training
 
 
 @pytest.mark.parametrize(

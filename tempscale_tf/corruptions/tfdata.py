@@ -58,6 +58,7 @@ def corrupt_dataset(dataset, name: str, severity: int, seed: int = 0, batch_size
     def _corrupt_numpy(index, images):
         return corrupt(images, name, severity, seed=(seed, int(index)))
 
+    @tf.autograph.experimental.do_not_convert  # no source read when traced
     def _map(index, element):
         images, labels = element
         out = tf.numpy_function(_corrupt_numpy, [index, images], tf.float32, stateful=False)

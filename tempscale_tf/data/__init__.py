@@ -46,7 +46,6 @@ from tempscale_tf.data.registry import (
 )
 
 # The former private name, until `tempscale_tf.training` calls `check_name`.
-from tempscale_tf.data.registry import _check_name as _check_name
 from tempscale_tf.data.sources import DEFAULT_DATA_DIR_ENV, check_arrays, default_data_dir
 
 __all__ = [

@@ -128,6 +128,7 @@ def _batch_maker(images, labels, seed, epoch, augment, padding, pad_mode, flip):
     images_t = tf.constant(images)
     labels_t = tf.constant(labels.astype(np.int32))
 
+    @tf.autograph.experimental.do_not_convert  # no source read when traced
     def make_batch(batch_index, idx):
         x = tf.cast(tf.gather(images_t, idx), tf.float32) * scale
         y = tf.gather(labels_t, idx)

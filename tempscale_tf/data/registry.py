@@ -138,7 +138,6 @@ def check_name(name) -> str:
     return name
 
 
-_check_name = check_name  # the former private name, kept while `training` still calls it
 
 
 def lookup(name) -> DatasetSpec:

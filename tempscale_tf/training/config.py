@@ -124,7 +124,7 @@ def validate_config(config) -> None:
         raise ValueError(
             f"Unknown model {config.model!r}. Available models: {sorted(models.MODELS)}"
         )
-    data_lib._check_name(config.dataset)
+    data_lib.check_name(config.dataset)
     for name in ("lr",):
         value = config[name]
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):

@@ -65,11 +65,20 @@ class TrainSteps:
         # XLA needs its own (nested) tf.function; in plain graph mode the replica step is traced
         # inside the outer function, which also allows synchronised batch norm (a merge_call).
         self._grads = (
-            tf.function(self._loss_and_grads, jit_compile=True) if jit else self._loss_and_grads
+            tf.function(self._loss_and_grads, jit_compile=True, autograph=False)
+            if jit
+            else self._loss_and_grads
         )
         self._replicas = float(replicas)
-        self.train_step = tf.function(self._distributed_train_step, reduce_retracing=True)
-        self.eval_step = tf.function(self._distributed_eval_step, reduce_retracing=True)
+        # Without AutoGraph (as Keras' own steps): no Python control flow on tensors here, and
+        # AutoGraph would read this file when the step is first traced, which for the eval step
+        # is an epoch into a run; an edit of the file in between made it trace the wrong body.
+        self.train_step = tf.function(
+            self._distributed_train_step, reduce_retracing=True, autograph=False
+        )
+        self.eval_step = tf.function(
+            self._distributed_eval_step, reduce_retracing=True, autograph=False
+        )
 
     # -------------------------------------------------------------------- adversarial examples
 
