@@ -22,11 +22,8 @@ images; clean accuracy on all 10,000. Finished cells are committed under `tables
 and skipped on any machine. `:smoke` runs one tiny cell on digits.
 """
 
-import ml_collections
-
 from tempscale_tf import paper
 from tempscale_tf.config_files import load_config
-from tempscale_tf.evaluation import default_eval_config
 
 # The order the cells run in (the table sorts by T): the comparison at T = 1 and 70 first.
 RUN_ORDER = (1.0, 70.0, 0.5, 50.0)
@@ -35,34 +32,26 @@ ADV_EPOCHS = 8
 
 
 def get_config(arg=None):
-    c = ml_collections.ConfigDict()
-    c.train = load_config("cifar10_fast.py", "smoke" if arg == "smoke" else None, __file__)
+    # Table I v2's sweep (the same model, evaluation and seeds), adversarially trained.
+    c = load_config("sweep_cifar10_fast.py", "smoke" if arg == "smoke" else None, __file__)
     c.train.epochs = ADV_EPOCHS if arg != "smoke" else 2
-    c.train.export = True  # the T = 1 and T = 70 models are committed (tables/models/)
     c.train.adv_train = True
     c.train.adv_objective = "paper"
     c.train.adv_weight = 1.0
-    c.train.adv_steps = 2
+    c.train.adv_steps = 2 if arg != "smoke" else 1
     c.train.adv_eps = 8 / 255
     c.train.adv_step_size = 4 / 255
     c.train.adv_loss = "ce"
     c.train.adv_temperature = 1.0
-    c.eval = default_eval_config()
-    c.eval.num_examples = 1000
-    c.eval.clean_examples = 0  # clean accuracy on the whole test split
-    c.eval.cw_l2_examples = 100
-    c.datasets = ["cifar10"]
-    c.temperatures = list(RUN_ORDER)
-    c.seeds = [0]
-    c.extra_cells = [(1.0, 1), (70.0, 1)]
+    c.temperatures = list(RUN_ORDER) if arg != "smoke" else [1.0]
     c.variants = [
         {"name": "w0.5", "temperature": 1.0, "seed": 0, "overrides": {"adv_weight": 0.5}},
         {"name": "w3", "temperature": 1.0, "seed": 0, "overrides": {"adv_weight": 3.0}},
         {"name": "madry", "temperature": 1.0, "seed": 0, "overrides": {"adv_objective": "madry"}},
     ]
-    c.table_dir = "tables"
     c.table_prefix = "table3_v2"
-    c.results_dir = f"tables/runs/{c.table_prefix}"
+    c.results_dir = f"tables/runs/{c.table_prefix}" if arg != "smoke" else ""
+    c.reference_rows = []
     c.notes = [
         "Model: the fast CIFAR-10 recipe (tempscale_tf.models.fast, 1.97M parameters, bfloat16 "
         "on this CPU) adversarially trained for 8 epochs with PGD-2 inside each step, instead of "
@@ -74,13 +63,5 @@ def get_config(arg=None):
         "plots clean against worst-case accuracy for every run.",
     ]
     if arg == "smoke":
-        c.train.adv_steps = 1
-        c.train.export = False
-        c.train.train_subset, c.train.test_subset = 256, 128
-        c.eval.num_examples, c.eval.cw_l2_examples = 32, 4
-        c.eval.corruptions, c.eval.severities = ("gaussian_noise",), (3,)
-        c.eval.autoattack_steps, c.eval.autoattack_queries = 5, 20
-        c.temperatures, c.extra_cells = [1.0], []
         c.variants = [c.variants[0]]
-        c.results_dir = ""
     return c
