@@ -91,40 +91,46 @@ def main(argv):
         print(f"error: no training workdirs in {FLAGS.workdirs}", file=sys.stderr)
         sys.exit(2)
     os.makedirs(FLAGS.outdir, exist_ok=True)
-    step_size = FLAGS.pgd_step_size or None
-    sweep = tuple(float(t) for t in FLAGS.sweep_temperatures)
-
-    analyses = []
-    for workdir in workdirs:
-        logging.info("Analysing %s", workdir)
-        analyses.append(
-            runs.analyze_run(
-                workdir,
-                max_examples=FLAGS.subsample or None,
-                seed=FLAGS.seed,
-                eps=FLAGS.eps if FLAGS.pgd_steps else 0.0,
-                pgd_steps=FLAGS.pgd_steps,
-                pgd_step_size=step_size,
-                pgd_loss=FLAGS.pgd_loss,
-                tsne_examples=0,
-                sweep_temperatures=sweep,
-                ood_set_names=FLAGS.ood_sets or None,
-                data_dir=FLAGS.data_dir or None,
-                batch_size=FLAGS.batch_size,
-            )
-        )
-        keras.backend.clear_session()
-        gc.collect()
+    analyses = [_analyze(workdir) for workdir in workdirs]
     shown = runs.representatives(analyses)
     if FLAGS.tsne_examples and "tsne" in FLAGS.figures:
-        for a in shown:
-            logging.info("t-SNE of %s", a.workdir)
-            try:
-                a.tsne = geometry.tsne_embedding(a.features, FLAGS.tsne_examples, FLAGS.seed)
-            except ValueError as e:
-                logging.warning("no t-SNE for %s: %s", a.workdir, e)
-                a.tsne = str(e)
+        _add_tsne(shown)
+    _draw_figures(analyses, shown, workdirs)
+    _write_tables(analyses)
 
+
+def _analyze(workdir):
+    logging.info("Analysing %s", workdir)
+    analysis = runs.analyze_run(
+        workdir,
+        max_examples=FLAGS.subsample or None,
+        seed=FLAGS.seed,
+        eps=FLAGS.eps if FLAGS.pgd_steps else 0.0,
+        pgd_steps=FLAGS.pgd_steps,
+        pgd_step_size=FLAGS.pgd_step_size or None,
+        pgd_loss=FLAGS.pgd_loss,
+        tsne_examples=0,
+        sweep_temperatures=tuple(float(t) for t in FLAGS.sweep_temperatures),
+        ood_set_names=FLAGS.ood_sets or None,
+        data_dir=FLAGS.data_dir or None,
+        batch_size=FLAGS.batch_size,
+    )
+    keras.backend.clear_session()
+    gc.collect()
+    return analysis
+
+
+def _add_tsne(shown):
+    for a in shown:
+        logging.info("t-SNE of %s", a.workdir)
+        try:
+            a.tsne = geometry.tsne_embedding(a.features, FLAGS.tsne_examples, FLAGS.seed)
+        except ValueError as e:
+            logging.warning("no t-SNE for %s: %s", a.workdir, e)
+            a.tsne = str(e)
+
+
+def _draw_figures(analyses, shown, workdirs):
     draw = {
         "gradient_norms": lambda: plots.plot_gradient_norms(shown),
         "prototype_direction": lambda: plots.plot_direction_cosines(analyses, shown),
@@ -139,9 +145,9 @@ def main(argv):
         path = plots.save_figure(draw[name](), os.path.join(FLAGS.outdir, f"{name}.png"))
         print(f"Wrote {path}")
 
-    ordered = sorted(analyses, key=lambda a: (a.key, a.seed))
-    rows = [{k: v for k, v in a.metrics.items() if not k.startswith("ood_")} for a in ordered]
-    ood_rows = []
+
+def _ood_rows(ordered):
+    rows = []
     for a in ordered:
         for name in (n for n in a.ood_scores if n != "in"):
             row = {k: a.metrics[k] for k in ("run", "temperature", "lr", "lr_x_T", "seed")}
@@ -150,8 +156,45 @@ def main(argv):
             for score in ood.SCORES:
                 for metric in ("auroc", "fpr95"):
                     row[f"{score}_{metric}"] = a.metrics[f"ood_{name}_{score}_{metric}"]
-            ood_rows.append(row)
+            rows.append(row)
+    return rows
+
+
+METRIC_NOTES = (
+    "T divides the logits: CE(softmax(z / T), y); gradients and MSP/energy scores use each "
+    "run's training T.",
+    "erank: exp(entropy of normalised singular values) of the centred matrix (Roy & "
+    "Vetterli 2007); nrank: singular values > s_max * max(N, D) * eps_float32.",
+    "k_within_1pt: smallest number of principal directions of the test features whose "
+    "projection keeps the accuracy (model's own head, nothing refit) within 1 point.",
+    "proto_*: per-class mean/variance (averaged over classes) of ||f - mu_c|| and "
+    "cos(f, mu_c), mu_c the class-mean test feature; proto_rel_dist_mean divides by ||mu_c||.",
+    "dir_cos_*: cos(-dCE_T/df, mu_y - f), all samples / the 25% lowest-margin ones.",
+    "hard_share: share of sum_i ||dCE_T/dz_i|| from the 25% lowest-margin samples; "
+    "misclassified_share: from the misclassified ones; feature_hard_share: same in "
+    "feature space (kernel @ (p - y) / T).",
+    "grad_autodiff_rel_err: max |analytic - autodiff| / max |analytic| of the feature "
+    "gradients (a consistency check).",
+)
+OOD_NOTES = (
+    "In-distribution: the run's test examples (positives); OOD: uniform_noise = i.i.d. "
+    "uniform pixels, inverted = 1 - x, blurred = Gaussian blur sigma H/12 of the same test "
+    "images; cifar100/svhn for CIFAR-10 runs when present.",
+    "Scores, higher = more in-distribution: msp = max softmax(z / T) at the training T, "
+    "max_logit = max z, energy = T * logsumexp(z / T) (the negative energy -E(x)).",
+    "auroc: rank-based, tie-aware (0.5 = chance; < 0.5: the OOD inputs score higher); "
+    "fpr95: fraction of OOD inputs accepted at the threshold keeping 95% of the "
+    "in-distribution inputs.",
+)
+
+
+def _write_tables(analyses):
+    ordered = sorted(analyses, key=lambda a: (a.key, a.seed))
+    rows = [{k: v for k, v in a.metrics.items() if not k.startswith("ood_")} for a in ordered]
+    ood_rows = _ood_rows(ordered)
     skipped = sorted({f"{n}: {r}" for a in analyses for n, r in a.ood_skipped.items()})
+    extra = [*[f"skipped OOD set {s}" for s in skipped], *FLAGS.note]
+    step_size = FLAGS.pgd_step_size or None
     settings = {
         "runs": len(analyses),
         "test examples": FLAGS.subsample or "all",
@@ -159,43 +202,15 @@ def main(argv):
         f"step {step_size or FLAGS.eps / 4:.4g}, loss {FLAGS.pgd_loss} at the training T",
         "seed": FLAGS.seed,
     }
-    notes = [
-        "T divides the logits: CE(softmax(z / T), y); gradients and MSP/energy scores use each "
-        "run's training T.",
-        "erank: exp(entropy of normalised singular values) of the centred matrix (Roy & "
-        "Vetterli 2007); nrank: singular values > s_max * max(N, D) * eps_float32.",
-        "k_within_1pt: smallest number of principal directions of the test features whose "
-        "projection keeps the accuracy (model's own head, nothing refit) within 1 point.",
-        "proto_*: per-class mean/variance (averaged over classes) of ||f - mu_c|| and "
-        "cos(f, mu_c), mu_c the class-mean test feature; proto_rel_dist_mean divides by ||mu_c||.",
-        "dir_cos_*: cos(-dCE_T/df, mu_y - f), all samples / the 25% lowest-margin ones.",
-        "hard_share: share of sum_i ||dCE_T/dz_i|| from the 25% lowest-margin samples; "
-        "misclassified_share: from the misclassified ones; feature_hard_share: same in "
-        "feature space (kernel @ (p - y) / T).",
-        "grad_autodiff_rel_err: max |analytic - autodiff| / max |analytic| of the feature "
-        "gradients (a consistency check).",
-        *[f"skipped OOD set {s}" for s in skipped],
-        *FLAGS.note,
-    ]
     command = cli.command_line()
     stem = FLAGS.table or os.path.join(FLAGS.outdir, "analysis_metrics")
-    tables.write_table(rows, stem, command=command, settings=settings, notes=notes)
+    tables.write_table(
+        rows, stem, command=command, settings=settings, notes=[*METRIC_NOTES, *extra]
+    )
     print(f"Wrote {stem}.csv and {stem}.md")
-    ood_notes = [
-        "In-distribution: the run's test examples (positives); OOD: uniform_noise = i.i.d. "
-        "uniform pixels, inverted = 1 - x, blurred = Gaussian blur sigma H/12 of the same test "
-        "images; cifar100/svhn for CIFAR-10 runs when present.",
-        "Scores, higher = more in-distribution: msp = max softmax(z / T) at the training T, "
-        "max_logit = max z, energy = T * logsumexp(z / T) (the negative energy -E(x)).",
-        "auroc: rank-based, tie-aware (0.5 = chance; < 0.5: the OOD inputs score higher); "
-        "fpr95: fraction of OOD inputs accepted at the threshold keeping 95% of the "
-        "in-distribution inputs.",
-        *[f"skipped OOD set {s}" for s in skipped],
-        *FLAGS.note,
-    ]
     if ood_rows:
         tables.write_table(
-            ood_rows, f"{stem}_ood", command=command, settings=settings, notes=ood_notes
+            ood_rows, f"{stem}_ood", command=command, settings=settings, notes=[*OOD_NOTES, *extra]
         )
         print(f"Wrote {stem}_ood.csv and {stem}_ood.md")
 
