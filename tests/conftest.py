@@ -44,19 +44,30 @@ def _seed():
     yield
 
 
+def launcher_command(script, *flags) -> list:
+    """`[python, launch/<script>.py, *flags]` (for `subprocess`; run it from `REPO_ROOT`)."""
+    import sys
+
+    return [sys.executable, str(REPO_ROOT / "launch" / f"{script}.py"), *map(str, flags)]
+
+
+def launcher_env(**extra) -> dict:
+    """The environment of a launcher run: quiet TensorFlow, plus `extra`."""
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **extra)
+
+
 def run_launcher(script, *flags, timeout=600, env=None):
     """Run `launch/<script>.py` with `flags` from the repository root; return the
     `subprocess.CompletedProcess` (text stdout/stderr)."""
     import subprocess
-    import sys
 
     return subprocess.run(
-        [sys.executable, str(REPO_ROOT / "launch" / f"{script}.py"), *map(str, flags)],
+        launcher_command(script, *flags),
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {})),
+        env=launcher_env(**(env or {})),
     )
 
 

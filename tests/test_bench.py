@@ -4,20 +4,17 @@ step is the training loop's own step (no timings are asserted anywhere)."""
 import math
 import os
 import pathlib
-import subprocess
-import sys
 
 import keras
 import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import run_launcher
 
 from benchmarks import attacks as attack_bench
 from benchmarks import train_step as step_bench
 from tempscale_tf import data, distribute, machine, tables, training
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 BATCH, SUBSET = 16, 32  # two steps per epoch
 
@@ -166,13 +163,7 @@ def test_onednn_loop_maxpool_grads_reads_the_rewrite_log():
 @pytest.mark.timeout(1500)
 def test_bench_quick_writes_table(tmp_path):
     out = tmp_path / "bench"
-    result = subprocess.run(
-        [sys.executable, "launch/bench.py", "--quick", f"--out={out}"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES=""),
-    )
+    result = run_launcher("bench", "--quick", f"--out={out}", timeout=1500)
     assert result.returncode == 0, result.stderr[-3000:]
     frame = tables.read_table(out.with_suffix(".csv"))
     assert {"benchmark", "variant", "value", "unit", "cpu"} <= set(frame.columns)

@@ -3,7 +3,6 @@ also across a restart of the whole job from the chief's checkpoint."""
 
 import json
 import os
-import pathlib
 import socket
 import subprocess
 import sys
@@ -11,10 +10,10 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import REPO_ROOT
 
 from tempscale_tf import distribute, training
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 ARGS = [
     "launch/train.py",
     "--config=configs/digits_small.py",
@@ -53,7 +52,7 @@ def _run_cluster(workdir, extra=()):
     procs = [
         subprocess.Popen(
             [sys.executable, *ARGS, f"--workdir={workdir}", *extra],
-            cwd=REPO,
+            cwd=REPO_ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=_env(TF_CONFIG=distribute.tf_config(workers, i)),
@@ -69,7 +68,7 @@ def _run_cluster(workdir, extra=()):
 def test_two_workers_equal_one_process_and_survive_restart(tmp_path):
     single = subprocess.run(
         [sys.executable, *ARGS, f"--workdir={tmp_path / 'single'}", "--strategy=default"],
-        cwd=REPO,
+        cwd=REPO_ROOT,
         env=_env(),
         capture_output=True,
     )

@@ -1,22 +1,19 @@
 """Training loop: distribution equivalence, resume after a stop or a kill, export, summaries."""
 
-import os
 import pathlib
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import REPO_ROOT, launcher_command, launcher_env, run_launcher
 
 from tempscale_tf import distribute, training
 from tempscale_tf.export import load_saved_model
 from tempscale_tf.files import atomic_write_json, read_json
 from tempscale_tf.training.loop import check_finite_losses
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def tiny_config(**overrides):
@@ -81,9 +78,8 @@ def test_stop_mid_epoch_and_resume_ends_at_same_weights(tmp_path):
 
 def test_killed_process_resumes_and_matches(tmp_path):
     """SIGKILL the launcher after its second checkpoint; rerunning finishes the same run."""
-    args = [
-        sys.executable,
-        str(REPO / "launch" / "train.py"),
+    args = launcher_command(
+        "train",
         "--config=configs/digits_small.py",
         "--epochs=4",
         "--train_subset=512",
@@ -96,12 +92,12 @@ def test_killed_process_resumes_and_matches(tmp_path):
         "--histogram_examples=0",
         "--progress=false",
         "--strategy=default",
-    ]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    )
+    env = launcher_env()
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
         args + [f"--workdir={killed}"],
-        cwd=REPO,
+        cwd=REPO_ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -117,11 +113,11 @@ def test_killed_process_resumes_and_matches(tmp_path):
     proc.wait()
     assert not (killed / "metrics.json").exists(), "the run finished before it could be killed"
     subprocess.run(
-        args + [f"--workdir={killed}"], cwd=REPO, env=env, check=True, capture_output=True
+        args + [f"--workdir={killed}"], cwd=REPO_ROOT, env=env, check=True, capture_output=True
     )
     subprocess.run(
         args + [f"--workdir={tmp_path / 'clean'}"],
-        cwd=REPO,
+        cwd=REPO_ROOT,
         env=env,
         check=True,
         capture_output=True,
@@ -212,18 +208,11 @@ def test_bad_config_and_resume_mismatch(tmp_path):
 
 
 def test_launcher_reports_bad_temperature(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "launch/train.py",
-            "--config=configs/digits_small.py:smoke",
-            "--temperature=-1",
-            f"--workdir={tmp_path}",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    result = run_launcher(
+        "train",
+        "--config=configs/digits_small.py:smoke",
+        "--temperature=-1",
+        f"--workdir={tmp_path}",
     )
     assert result.returncode == 2
     assert "temperature" in result.stderr and "-1" in result.stderr
