@@ -111,7 +111,14 @@ def attack_target(options: Options):
 
 
 def attack_rows(options: Options, model, x, y) -> list:
-    """PGD vs cleverhans (here and in fresh processes), robust evaluation, C&W-L2."""
+    """PGD vs cleverhans (here and in fresh processes), robust evaluation, C&W-L2.
+
+    Args:
+      options: what to run.
+      model: the attacked model.
+      x: its images `[n, 32, 32, 3]` in [0, 1].
+      y: their labels `[n]`.
+    """
     quick = options.quick
     logging.info("PGD-20")
     rows = attack_bench.bench_pgd(model, x, y, steps=3 if quick else 20, repeats=1 if quick else 5)

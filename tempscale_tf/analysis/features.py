@@ -44,6 +44,12 @@ def evaluation_arrays(config, split=None, max_examples=None, seed: int = 0, data
 def extract_features(model, images, batch_size: int = 256, layer_name: str = "features"):
     """Penultimate features and logits of `images` (inference mode).
 
+    Args:
+      model: a model built by `tempscale_tf.models.build_model`.
+      images: float images `[N, H, W, C]` in [0, 1].
+      batch_size: images per forward pass.
+      layer_name: the penultimate layer's name.
+
     Returns:
       (features float32 [N, D], logits float32 [N, K]).
     """
