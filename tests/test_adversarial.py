@@ -95,7 +95,7 @@ def _digits_config(**overrides):
 
 def test_adversarial_training_raises_pgd_accuracy(tmp_path):
     ev = evaluation.default_eval_config()
-    ev.corruptions, ev.cw_l2_examples, ev.num_examples = "", 0, 150
+    ev.corruptions, ev.cw_l2_examples, ev.num_examples = (), 0, 150
     ev.eps, ev.step_size, ev.steps = 16 / 255, 4 / 255, 10
     results = {}
     for adv in (False, True):
