@@ -62,5 +62,6 @@ def get_config(arg=None):
         c.eval.corruptions, c.eval.severities = ("gaussian_noise",), (3,)
         c.eval.autoattack_steps, c.eval.autoattack_queries = 5, 20
         c.temperatures, c.extra_cells = [1.0], []
+        c.datasets = ["digits"]  # the smoke training config's data
         c.results_dir = ""
     return c
