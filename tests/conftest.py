@@ -126,6 +126,13 @@ def exact_linear_model(n=200, weight_std=0.2, bias_std=0.1, num_classes=10, seed
     return dict(model=model, x=x, y=y, linf=d_inf, l2=d_2, delta_2=delta_2)
 
 
+def predicted_labels(model, x):
+    """The model's arg-max classes of `x` (numpy)."""
+    import numpy as np
+
+    return np.argmax(np.asarray(model(x)), axis=-1)
+
+
 def small_conv_model(n, num_classes=10):
     """A small random conv net (seed 0) and `n` random 8x8x3 images, labelled with its own
     predictions: `dict(model, x, y)`."""
@@ -142,4 +149,4 @@ def small_conv_model(n, num_classes=10):
         ]
     )
     x = np.random.default_rng(0).uniform(0.0, 1.0, (n, 8, 8, 3)).astype("float32")
-    return dict(model=model, x=x, y=np.argmax(np.asarray(model(x)), axis=-1))
+    return dict(model=model, x=x, y=predicted_labels(model, x))

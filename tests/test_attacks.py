@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import exact_linear_model, small_conv_model
+from conftest import exact_linear_model, predicted_labels, small_conv_model
 
 from tempscale_tf import distribute
 from tempscale_tf.attacks import (
@@ -24,10 +24,6 @@ from tempscale_tf.attacks import (
 
 NUM_CLASSES = 10
 TOL = 1e-6
-
-
-def _predict(model, x):
-    return np.argmax(np.asarray(model(x)), axis=-1)
 
 
 def _linf(a, b):
@@ -114,7 +110,7 @@ def test_pgd_margin_on_linear_model_matches_exact_distance(linear, norm):
         loss="margin",
         random_start=False,
     )
-    fooled = _predict(model, adv) != y
+    fooled = predicted_labels(model, adv) != y
     assert not (fooled & beyond).any()
     assert fooled.sum() >= 0.5 * exact.sum()
 
@@ -136,7 +132,7 @@ def test_pgd_margin_on_linear_model_matches_exact_distance(linear, norm):
             target=target,
             random_start=False,
         )
-        fooled_any |= _predict(model, adv) != y
+        fooled_any |= predicted_labels(model, adv) != y
     assert not (fooled_any & beyond).any()
     assert abs(int(fooled_any.sum()) - int(exact.sum())) <= 2
 
@@ -162,8 +158,8 @@ def test_pgd_matches_cleverhans(conv):
         keep_best=False,
         seed=0,
     )
-    rate_theirs = np.mean(_predict(model, theirs) != y)
-    rate_ours = np.mean(_predict(model, ours) != y)
+    rate_theirs = np.mean(predicted_labels(model, theirs) != y)
+    rate_ours = np.mean(predicted_labels(model, ours) != y)
     assert 0.2 < rate_theirs < 0.9  # an informative operating point
     assert abs(rate_ours - rate_theirs) <= 0.05
 
@@ -171,8 +167,8 @@ def test_pgd_matches_cleverhans(conv):
 def test_keep_best_never_weaker_than_last_iterate(conv):
     model, x, y = conv["model"], conv["x"], conv["y"]
     kwargs = dict(eps=0.02, step_size=0.01, steps=10, seed=5)  # large steps: iterates bounce
-    last = _predict(model, pgd(model, x, y, keep_best=False, **kwargs)) != y
-    best = _predict(model, pgd(model, x, y, keep_best=True, **kwargs)) != y
+    last = predicted_labels(model, pgd(model, x, y, keep_best=False, **kwargs)) != y
+    best = predicted_labels(model, pgd(model, x, y, keep_best=True, **kwargs)) != y
     assert not (last & ~best).any()
 
 
@@ -192,7 +188,7 @@ def test_targeted_pgd_reaches_target(conv):
             target=target,
             seed=0,
         )
-        assert np.mean(_predict(model, adv) == target) >= 0.97, loss
+        assert np.mean(predicted_labels(model, adv) == target) >= 0.97, loss
 
 
 def test_gradient_masking_large_logit_scale(conv):
@@ -202,7 +198,7 @@ def test_gradient_masking_large_logit_scale(conv):
     kwargs = dict(eps=0.02, step_size=0.005, steps=20, random_start=False)
 
     def fooled(net, **kw):
-        return int(np.sum(_predict(model, pgd(net, x, y, **kwargs, **kw)) != y))
+        return int(np.sum(predicted_labels(model, pgd(net, x, y, **kwargs, **kw)) != y))
 
     margin_plain = fooled(model, loss="margin")
     assert margin_plain > 0.3 * len(y)
@@ -272,7 +268,7 @@ def test_carlini_wagner_l2_on_linear_model(linear):
     assert success.mean() >= 0.98
     assert np.all(np.isinf(l2[~success]))
     np.testing.assert_allclose(l2[success], _l2(result.adv.numpy(), x)[success], rtol=1e-4)
-    assert np.all(_predict(model, result.adv)[success] != y[success])
+    assert np.all(predicted_labels(model, result.adv)[success] != y[success])
     ratio = l2[success] / d_2[success]
     assert ratio.min() >= 1 - 1e-3  # never below the exact minimum
     assert ratio.max() <= 1.5
@@ -300,7 +296,7 @@ def test_worst_case_is_the_worst_over_attacks(conv):
     recorded = [(name, _recording(fn, sizes)) for name, fn in attacks]
     result = worst_case(model, x, y, recorded, eps=eps)
 
-    clean = _predict(model, x) == y
+    clean = predicted_labels(model, x) == y
     robust = result.robust.numpy()
     np.testing.assert_array_equal(result.clean_correct.numpy(), clean)
     assert result.clean_accuracy == pytest.approx(clean.mean())
@@ -311,7 +307,7 @@ def test_worst_case_is_the_worst_over_attacks(conv):
     assert np.all(np.diff(cumulative) <= 0) and cumulative[-1] == result.robust_accuracy
 
     # Consistent with running every attack separately on the whole batch.
-    separately = {name: _predict(model, fn(model, x, y)) == y for name, fn in attacks}
+    separately = {name: predicted_labels(model, fn(model, x, y)) == y for name, fn in attacks}
     survivors = clean & np.all(list(separately.values()), axis=0)
     assert np.sum(robust != survivors) <= 1
     assert result.robust_accuracy <= min(np.mean(clean & s) for s in separately.values()) + 1e-9
@@ -319,7 +315,7 @@ def test_worst_case_is_the_worst_over_attacks(conv):
     # Robust examples survive everything; the rest are fooled by `adv`, inside the ball.
     adv = result.adv.numpy()
     assert _linf(adv, x).max() <= eps * (1 + TOL) + TOL and adv.min() >= 0 and adv.max() <= 1
-    prediction = _predict(model, adv)
+    prediction = predicted_labels(model, adv)
     assert np.all(prediction[robust] == y[robust])
     assert np.all(prediction[clean & ~robust] != y[clean & ~robust])
     fooled_by = result.fooled_by.numpy()
@@ -369,7 +365,7 @@ def test_robust_accuracy_dataset_with_mirrored_strategy():
         )
     rng = np.random.default_rng(2)
     x = rng.uniform(0, 1, (97, 6, 6, 3)).astype("float32")  # last batch: 1 example
-    y = _predict(model, x)
+    y = predicted_labels(model, x)
     y[::4] = (y[::4] + 1) % NUM_CLASSES
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
     attacks = default_attacks(0.03, temperature=2.0, steps=5, random_start=False)
@@ -513,8 +509,8 @@ def test_early_stop_finds_the_same_successes(conv, chunk):
     kwargs = dict(eps=0.02, step_size=0.005, steps=10, seed=3)
     full = pgd(model, x, y, **kwargs)
     chunked = pgd(model, x, y, early_stop=chunk, **kwargs)
-    fooled_full = _predict(model, full) != y
-    fooled_chunked = _predict(model, chunked) != y
+    fooled_full = predicted_labels(model, full) != y
+    fooled_chunked = predicted_labels(model, chunked) != y
     assert 0 < fooled_full.sum() < len(y)
     np.testing.assert_array_equal(fooled_full, fooled_chunked)
     # Examples never fooled followed the same iterates to the end.

@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import exact_linear_model, small_conv_model
+from conftest import exact_linear_model, predicted_labels, small_conv_model
 
 from tempscale_tf import distribute
 from tempscale_tf.attacks import (
@@ -34,10 +34,6 @@ from tempscale_tf.attacks.square import _l2_update, square_p_schedule
 
 NUM_CLASSES = 10
 TOL = 1e-6
-
-
-def _predict(model, x):
-    return np.argmax(np.asarray(model(x)), axis=-1)
 
 
 def _size(adv, x, norm):
@@ -226,10 +222,10 @@ def test_apgd_on_linear_model_matches_exact_rate(linear, norm):
     for loss in ("ce", "dlr"):
         adv = apgd(model, x, y, loss=loss, **kwargs)
         _assert_in_threat_model(adv, x, eps, norm)
-        _check_rate(f"apgd-{loss}", _predict(model, adv) != y, exact, beyond)
+        _check_rate(f"apgd-{loss}", predicted_labels(model, adv) != y, exact, beyond)
     adv = apgd_targeted(model, x, y, num_target_classes=9, **kwargs)
     _assert_in_threat_model(adv, x, eps, norm)
-    _check_rate("apgd-t", _predict(model, adv) != y, exact, beyond, slack=0)
+    _check_rate("apgd-t", predicted_labels(model, adv) != y, exact, beyond, slack=0)
 
 
 def test_apgd_early_stop_restarts_and_eot(conv):
@@ -237,16 +233,16 @@ def test_apgd_early_stop_restarts_and_eot(conv):
     kwargs = dict(eps=0.02, steps=20, seed=3)
     full = apgd(model, x, y, early_stop=False, **kwargs).numpy()
     dropped = apgd(model, x, y, **kwargs).numpy()  # fooled examples leave between segments
-    fooled = _predict(model, full) != y
+    fooled = predicted_labels(model, full) != y
     assert 0 < fooled.sum() < len(y)
-    np.testing.assert_array_equal(_predict(model, dropped) != y, fooled)
+    np.testing.assert_array_equal(predicted_labels(model, dropped) != y, fooled)
     np.testing.assert_allclose(dropped[~fooled], full[~fooled], atol=1e-6)
     # A restart only adds successes; the first run's points are kept where it succeeded.
     restarted = apgd(model, x, y, n_restarts=3, **kwargs).numpy()
-    assert np.all((_predict(model, restarted) != y) >= fooled)
+    assert np.all((predicted_labels(model, restarted) != y) >= fooled)
     # EOT on a deterministic model: the averaged gradient has the sign of the gradient.
     eot = apgd(model, x, y, eot_iter=3, **kwargs).numpy()
-    np.testing.assert_array_equal(_predict(model, eot) != y, fooled)
+    np.testing.assert_array_equal(predicted_labels(model, eot) != y, fooled)
 
 
 # --------------------------------------------------------------------------- FAB
@@ -296,7 +292,7 @@ def test_fab_on_linear_model_finds_near_minimal_distances(linear, norm):
     distance = result.distance.numpy()
     assert np.all(np.isfinite(distance))
     np.testing.assert_allclose(_size(result.adv, x, norm), distance, rtol=1e-5, atol=1e-7)
-    assert np.all(_predict(model, result.adv) != y)
+    assert np.all(predicted_labels(model, result.adv) != y)
     ratio = distance / d
     assert ratio.min() >= 1 - 1e-4  # never below the exact minimum
     assert ratio.max() <= 1.5 and np.median(ratio) <= 1.05
@@ -410,7 +406,7 @@ def test_square_on_linear_model(linear, norm):
     eps, exact, beyond = _exact(linear, norm)
     adv = square_attack(model, x, y, eps, norm=norm, queries=1000, seed=0)
     _assert_in_threat_model(adv, x, eps, norm)
-    fooled = _predict(model, adv) != y
+    fooled = predicted_labels(model, adv) != y
     if norm == "linf":
         # The minimiser is a vertex of the ball, which Square's +-eps windows search.
         _check_rate("square", fooled, exact, beyond)
@@ -430,7 +426,7 @@ def test_square_is_per_example_and_deterministic(conv):
     assert not np.array_equal(a, square_attack(model, x, y, eps=0.02, queries=200, seed=6))
     # Each example's random numbers depend on its position only: a prefix gives the same.
     np.testing.assert_array_equal(a[:20], square_attack(model, x[:20], y[:20], **kwargs).numpy())
-    assert 0 < np.sum(_predict(model, a) != y) < len(y)
+    assert 0 < np.sum(predicted_labels(model, a) != y) < len(y)
 
 
 # --------------------------------------------------------------------------- masking
@@ -442,7 +438,7 @@ def test_gradient_masking_does_not_stop_apgd_dlr_targeted_and_square(conv):
     eps = 0.02
 
     def fooled(adv):
-        return int(np.sum(_predict(model, adv) != y))
+        return int(np.sum(predicted_labels(model, adv) != y))
 
     pgd_ce = fooled(pgd(masked, x, y, eps=eps, step_size=eps / 4, steps=20, random_start=False))
     unmasked_dlr = fooled(apgd(model, x, y, eps, loss="dlr", steps=30, seed=0))
@@ -482,20 +478,20 @@ def test_autoattack_threat_model_and_bookkeeping(conv, norm, eps):
     x = conv["x"][:24].copy()
     x[:, :2] = 0.0  # pixels on the box faces, where clipping is active
     x[:, -2:] = 1.0
-    y = _predict(model, x)
+    y = predicted_labels(model, x)
     y[:4] = (y[:4] + 1) % NUM_CLASSES  # misclassified: never attacked
     kwargs = dict(norm=norm, steps=10, queries=100, num_target_classes=3, progress=False)
     result = autoattack(model, x, y, eps, **kwargs)
     _assert_in_threat_model(result.adv, x, eps, norm)
     robust, correct = result.robust.numpy(), result.clean_correct.numpy()
-    np.testing.assert_array_equal(correct, _predict(model, x) == y)
+    np.testing.assert_array_equal(correct, predicted_labels(model, x) == y)
     assert result.attacks == ("apgd-ce", "apgd-t", "fab-t", "square")
     accuracies = list(result.per_attack.values())
     assert result.clean_accuracy == pytest.approx(correct.mean())
     assert np.all(np.diff([result.clean_accuracy] + accuracies) <= 0)
     assert accuracies[-1] == result.robust_accuracy == pytest.approx(robust.mean())
     assert 0 < result.robust_accuracy < result.clean_accuracy
-    prediction = _predict(model, result.adv)
+    prediction = predicted_labels(model, result.adv)
     assert np.all(prediction[robust] == y[robust]) and np.all(prediction[~robust] != y[~robust])
     np.testing.assert_array_equal(result.adv.numpy()[~correct], x[~correct])
     assert set(result.seconds) == set(result.attacks)
@@ -575,7 +571,7 @@ def test_autoattack_matches_art(conv):
     theirs = AutoAttack(classifier, norm=np.inf, eps=eps, eps_step=2 * eps, attacks=attacks)
     adv = theirs.generate(x.copy(), y=np.eye(NUM_CLASSES)[y])
     assert _size(adv, x, "linf").max() <= eps * (1 + 1e-4)
-    robust_theirs = int(np.sum(_predict(model, adv) == y))
+    robust_theirs = int(np.sum(predicted_labels(model, adv) == y))
     ours = autoattack(
         model,
         x,
