@@ -138,8 +138,6 @@ def check_name(name) -> str:
     return name
 
 
-
-
 def lookup(name) -> DatasetSpec:
     """The `DatasetSpec` registered as `name`; ValueError listing the names otherwise."""
     if isinstance(name, str) and name.startswith("npz:"):
