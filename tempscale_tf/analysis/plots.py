@@ -144,10 +144,35 @@ def plot_gradient_norms(analyses, theory_temperatures=(0.1, 1, 10, 50, 100)) -> 
     fig = new_figure(12, 9)
     axes = fig.subplots(2, 2)
     num_classes = analyses[0].logits.shape[1] if analyses else 10
+    style = _Styles(a.key for a in analyses)
+    _panel_model_free_norms(axes[0, 0], theory_temperatures, num_classes)
+    _panel_norm_vs_margin(axes[0, 1], analyses, style)
+    _panel_hard_share(axes[1, 0], analyses, style)
+    _plot_vs_temperature(
+        axes[1, 1],
+        analyses,
+        lambda a: a.metrics["grad_logit_norm_hard_median"],
+        "",
+        suffix=" (hard 25%)",
+    )
+    _plot_vs_temperature(
+        axes[1, 1],
+        analyses,
+        lambda a: a.metrics["grad_logit_norm_easy_median"],
+        "median ||dCE_T/dz|| at the training T",
+        marker="s",
+        linestyle="--",
+        suffix=" (easy 75%)",
+    )
+    axes[1, 1].set_yscale("log")
+    axes[1, 1].set_title("(d) median gradient norm of hard and easy samples")
+    axes[1, 1].legend(fontsize=7)
+    return fig
 
-    ax = axes[0, 0]
+
+def _panel_model_free_norms(ax, temperatures, num_classes):
     m = np.linspace(-20, 20, 401)
-    for color, t in zip(_colors(len(theory_temperatures)), theory_temperatures):
+    for color, t in zip(_colors(len(temperatures)), temperatures):
         norm = gradients.two_level_gradient_norm(m, t, num_classes)
         ax.plot(m, np.maximum(norm, 1e-12), color=color, label=f"T={t:g}")
     ax.set_yscale("log")
@@ -158,8 +183,8 @@ def plot_gradient_norms(analyses, theory_temperatures=(0.1, 1, 10, 50, 100)) -> 
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
 
-    style = _Styles(a.key for a in analyses)
-    ax = axes[0, 1]
+
+def _panel_norm_vs_margin(ax, analyses, style):
     for a in analyses:
         st = style(a.key)
         ax.scatter(
@@ -178,7 +203,8 @@ def plot_gradient_norms(analyses, theory_temperatures=(0.1, 1, 10, 50, 100)) -> 
     ax.legend(fontsize=7, markerscale=2)
     ax.grid(alpha=0.3)
 
-    ax = axes[1, 0]
+
+def _panel_hard_share(ax, analyses, style):
     for a in analyses:
         st = style(a.key)
         sw = a.sweep
@@ -198,24 +224,6 @@ def plot_gradient_norms(analyses, theory_temperatures=(0.1, 1, 10, 50, 100)) -> 
     ax.set_title("(c) gradient share of the 25% lowest-margin samples (*: training T)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(alpha=0.3)
-
-    ax = axes[1, 1]
-    _plot_vs_temperature(
-        ax, analyses, lambda a: a.metrics["grad_logit_norm_hard_median"], "", suffix=" (hard 25%)"
-    )
-    _plot_vs_temperature(
-        ax,
-        analyses,
-        lambda a: a.metrics["grad_logit_norm_easy_median"],
-        "median ||dCE_T/dz|| at the training T",
-        marker="s",
-        linestyle="--",
-        suffix=" (easy 75%)",
-    )
-    ax.set_yscale("log")
-    ax.set_title("(d) median gradient norm of hard and easy samples")
-    ax.legend(fontsize=7)
-    return fig
 
 
 def plot_direction_cosines(analyses, representatives=None) -> Figure:
@@ -439,34 +447,31 @@ def plot_rank(analyses, representatives=None) -> Figure:
     representatives = representatives if representatives is not None else analyses
     fig = new_figure(12, 9)
     axes = fig.subplots(2, 2)
-    ax = axes[0, 0]
-    _plot_vs_temperature(ax, analyses, lambda a: a.metrics["erank_features"], "effective rank")
-    _plot_vs_temperature(
-        ax,
-        analyses,
-        lambda a: a.metrics["erank_logits"],
-        "effective rank",
-        marker="s",
-        linestyle="--",
-        suffix=" (logits)",
-    )
-    ax.set_title("(a) effective rank of centred features (solid) and logits (dashed)")
-    ax.legend(fontsize=7)
-    ax = axes[0, 1]
-    _plot_vs_temperature(ax, analyses, lambda a: a.metrics["nrank_features"], "numerical rank")
-    _plot_vs_temperature(
-        ax,
-        analyses,
-        lambda a: a.metrics["nrank_logits"],
-        "numerical rank",
-        marker="s",
-        linestyle="--",
-        suffix=" (logits)",
-    )
-    ax.set_title("(b) numerical rank (s > s_max * max(N, D) * eps_float32)")
-    ax.legend(fontsize=7)
-    ax = axes[1, 0]
+    for ax, kind, label, title in (
+        (axes[0, 0], "erank", "effective rank", "(a) effective rank of centred features (solid) "
+         "and logits (dashed)"),
+        (axes[0, 1], "nrank", "numerical rank", "(b) numerical rank (s > s_max * max(N, D) * "
+         "eps_float32)"),
+    ):  # fmt: skip
+        _plot_vs_temperature(ax, analyses, lambda a, k=kind: a.metrics[f"{k}_features"], label)
+        _plot_vs_temperature(
+            ax,
+            analyses,
+            lambda a, k=kind: a.metrics[f"{k}_logits"],
+            label,
+            marker="s",
+            linestyle="--",
+            suffix=" (logits)",
+        )
+        ax.set_title(title)
+        ax.legend(fontsize=7)
     style = _Styles(a.key for a in representatives)
+    _panel_truncated_accuracy(axes[1, 0], representatives, style)
+    _panel_spectra(axes[1, 1], representatives, style)
+    return fig
+
+
+def _panel_truncated_accuracy(ax, representatives, style):
     for a in representatives:
         st = style(a.key)
         ax.plot(
@@ -485,7 +490,9 @@ def plot_rank(analyses, representatives=None) -> Figure:
     ax.set_title("(c) accuracy after projecting features on the top-k PCs (dot: within 1 pt)")
     ax.legend(fontsize=7, loc="center right")
     ax.grid(alpha=0.3)
-    ax = axes[1, 1]
+
+
+def _panel_spectra(ax, representatives, style):
     from tempscale_tf.analysis.rank import singular_values
 
     for a in representatives:
@@ -504,7 +511,6 @@ def plot_rank(analyses, representatives=None) -> Figure:
     ax.set_ylabel("s_i / s_1")
     ax.set_title("(d) singular values of the centred features")
     ax.grid(alpha=0.3)
-    return fig
 
 
 # ------------------------------------------------------------------------------ OOD

@@ -74,6 +74,9 @@ def analyze_run(
 ) -> RunAnalysis:
     """Compute every analysis of the run in `workdir`.
 
+    An outline on purpose: one pass over the run's arrays, one short block per analysis (each a
+    call into `gradients`, `geometry`, `rank`, `adversarial`, `ood`), in the metrics' order.
+
     Args:
       workdir: a `training.train` workdir (config.json, checkpoints/, history.json).
       max_examples: analyse a fixed seeded sample of this many test examples (None: all).
