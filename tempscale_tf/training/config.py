@@ -37,7 +37,10 @@ _RESUME_MAY_CHANGE = (
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """Every training setting with its default. Experiment configs override fields of this."""
+    """Every training setting with its default. Experiment configs override fields of this.
+
+    Long on purpose: one flat, commented list of settings, read top to bottom like a config file.
+    """
     c = ml_collections.ConfigDict()
     c.dataset = "digits"
     c.data_dir = ""  # "" -> $TEMPSCALE_DATA_DIR or ~/tensorflow_datasets
