@@ -48,7 +48,8 @@ def main(argv):
     for workdir in FLAGS.workdirs:
         config, rows = curve(workdir)
         precision = "bfloat16" if config.get("mixed_precision") else "float32"
-        name = f"{config['model']} T={config['temperature']:g} s{config['seed']} {precision}"
+        seed = f" s{config['seed']}" if "seed" in config else ""
+        name = f"{config['model']} T={config['temperature']:g}{seed} {precision}"
         subset = config.get("train_subset") or "all"
         record = {
             "run": name,
