@@ -232,6 +232,7 @@ def training_dataset(
       augment: random crops and flips.
     """
     from tempscale_tf import data as data_lib
+    from tempscale_tf.data import pipeline
 
     batch_size = check_positive_int(batch_size, "batch_size")
     info = data_lib.info(name, data_dir)
@@ -258,8 +259,10 @@ def training_dataset(
             x = data_lib.augment_batch(x, batch_seed, info.crop_padding, info.flip)
         return x, tf.gather(labels_t, idx)
 
-    ds = tf.data.Dataset.zip((order, seeds)).map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    ds = tf.data.Dataset.zip((order, seeds)).map(
+        make_batch, num_parallel_calls=pipeline.MAP_PARALLELISM
+    )
+    return pipeline.finalize(ds)
 
 
 def _student_config(config):

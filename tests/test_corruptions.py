@@ -566,6 +566,7 @@ def test_corrupt_dataset(natural):
     second = [a.numpy() for a, _ in out]
     assert [a.shape for a, _ in first] == [(4, 32, 32, 3), (4, 32, 32, 3), (2, 32, 32, 3)]
     assert out.element_spec[0].dtype == tf.float32
+    assert out.options().autotune.enabled is False  # see test_pipelines_run_without_the_autotuner
     for i, (a, b) in enumerate(first):
         np.testing.assert_array_equal(
             a, C.corrupt(x[4 * i : 4 * i + 4], "gaussian_noise", 2, (5, i))

@@ -52,6 +52,16 @@ def test_pipeline_batches_are_deterministic_and_resumable():
     assert not np.array_equal(full[0][1], other_epoch[1])
 
 
+def test_pipelines_run_without_the_autotuner():
+    # With tf.data's autotuner on, every new epoch's iterator destruction waited for its
+    # background thread (up to a minute on 2 cores); `load` fixes parallelism and prefetch.
+    for split in ("train", "test"):
+        ds = data.load("digits", split, batch_size=100)
+        assert ds.options().autotune.enabled is False
+        assert ds.options().deterministic is not False
+    assert data.load("digits", "test", prefetch=False).options().autotune.enabled is False
+
+
 def test_augmentation_crop_and_flip_against_numpy():
     images = tf.random.stateless_uniform([6, 8, 8, 3], seed=[1, 2])
     seed = tf.constant([5, 7], tf.int64)

@@ -239,3 +239,19 @@ def test_distill_launcher_smoke(tmp_path):
     md = (tmp_path / "table.md").read_text()
     assert "baseline (no teacher)" in md and "test_accuracy" in md
     assert (tmp_path / "table.csv").exists()
+
+
+def test_training_dataset_redraws_each_epoch_without_the_autotuner():
+    from tempscale_tf import data as data_lib
+    from tempscale_tf.distillation import training_dataset
+
+    ds = training_dataset("digits", "train", 64, seed=1, augment=False)
+    assert ds.options().autotune.enabled is False
+    first = np.concatenate([y.numpy() for _, y in ds])
+    second = np.concatenate([y.numpy() for _, y in ds])
+    _, labels = data_lib.load_arrays("digits", "train")
+    n = len(labels) // 64 * 64  # drop_remainder
+    assert len(first) == len(second) == n
+    assert not np.array_equal(first, second)  # a new order every iteration
+    # Each epoch is a sample without replacement of the training labels.
+    assert np.all(np.bincount(first, minlength=10) <= np.bincount(labels, minlength=10))

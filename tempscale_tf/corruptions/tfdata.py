@@ -32,6 +32,8 @@ def corrupt_dataset(dataset, name: str, severity: int, seed: int = 0, batch_size
     """
     import tensorflow as tf
 
+    from tempscale_tf.data import pipeline
+
     name = check_name(name, CORRUPTIONS)
     severity = check_severity(severity)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
@@ -65,4 +67,7 @@ def corrupt_dataset(dataset, name: str, severity: int, seed: int = 0, batch_size
         out.set_shape(images.shape)
         return out, labels
 
-    return dataset.enumerate().map(_map, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.enumerate().map(
+        _map, num_parallel_calls=pipeline.MAP_PARALLELISM, deterministic=True
+    )
+    return pipeline.finalize(dataset, prefetch=False)
