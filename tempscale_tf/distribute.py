@@ -61,6 +61,28 @@ def _tf_config_has_cluster() -> bool:
     return sum(len(v) for v in cluster.values()) > 1
 
 
+def distribute_dataset(strategy: tf.distribute.Strategy, dataset: tf.data.Dataset):
+    """`dataset` ready for `strategy.run`: distributed over the replicas, or unchanged when the
+    strategy has a single replica.
+
+    `experimental_distribute_dataset` iterates through an extra tf.data iterator whose autotuner
+    is on whatever `dataset.options()` say, and in TF 2.21 destroying that iterator (the
+    training and test loops make one per epoch) waits for the autotuner's thread, which sleeps
+    up to 60 s between its runs: measured, a 60 s pause with the process idle, in about half of
+    the fast recipe's epochs. With one replica there is nothing to distribute, so the dataset is
+    returned as it is (`strategy.run` takes its plain tensors). With several replicas the pause
+    remains (see the README, "Performance").
+
+    Args:
+      strategy: the `tf.distribute.Strategy` the steps run under.
+      dataset: batched global batches; multi-worker pipelines should already be sharded
+        (`training.step.shard_by_data`).
+    """
+    if strategy.num_replicas_in_sync == 1:
+        return dataset
+    return strategy.experimental_distribute_dataset(dataset)
+
+
 def gpu_available() -> bool:
     """Whether TensorFlow will run on a GPU: a visible GPU (`CUDA_VISIBLE_DEVICES` and
     `tf.config.set_visible_devices` respected). The one GPU check of the library: it does not

@@ -104,3 +104,15 @@ def test_mirrored_cpu_strategy_reduces_through_one_device():
     assert isinstance(strategy.extended._cross_device_ops, tf.distribute.ReductionToOneDevice)
     with pytest.raises(ValueError, match="at least one device"):
         distribute.mirrored([])
+
+
+def test_distribute_dataset_passes_one_replica_datasets_through():
+    # One replica: the plain dataset (no extra autotuned iterator whose destruction waits up to
+    # a minute); two replicas: each replica gets its half of every global batch.
+    ds = tf.data.Dataset.range(8).batch(4)
+    assert distribute.distribute_dataset(distribute.mirrored(["/cpu:0"]), ds) is ds
+    two = distribute.mirrored(["/cpu:0", "/cpu:1"])
+    batches = list(distribute.distribute_dataset(two, ds))
+    assert len(batches) == 2
+    halves = [[t.numpy().tolist() for t in two.experimental_local_results(b)] for b in batches]
+    assert halves == [[[0, 1], [2, 3]], [[4, 5], [6, 7]]]

@@ -13,11 +13,12 @@ import tensorflow as tf
 
 from tempscale_tf.data.registry import info, load_arrays, parse_split
 
-# Our pipelines run with a fixed parallelism and tf.data's autotuner switched off. With the
-# autotuner on, destroying an iterator (every epoch: the training and the test pass each make a
-# new one) waits for the autotuner's background thread, and on these 2-core machines that wait
-# was often a full minute with the process idle: one third of the fast recipe's wall time (see
-# the README, "Speed"). The batches are deterministic either way.
+# Our pipelines run with a fixed parallelism and tf.data's autotuner switched off. Destroying an
+# autotuned iterator (the training and the test pass each make one per epoch) waits for the
+# autotuner's thread, which sleeps up to 60 s between runs: on these 2-core machines a one-minute
+# pause with the process idle in about half of the fast recipe's epochs. The batches are
+# deterministic either way. (`distribute.distribute_dataset` avoids the autotuned iterator that
+# `experimental_distribute_dataset` adds.)
 MAP_PARALLELISM = 2
 PREFETCH_BATCHES = 2
 

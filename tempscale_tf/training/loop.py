@@ -193,7 +193,7 @@ def _test_data(config, strategy, global_batch):
         global_batch,
         subset=config.test_subset or None,
     )
-    return test_ds, strategy.experimental_distribute_dataset(shard_by_data(test_ds))
+    return test_ds, distribute.distribute_dataset(strategy, shard_by_data(test_ds))
 
 
 def _summary_writers(workdir, chief) -> tuple:
@@ -243,7 +243,7 @@ def _train_epoch(run, epoch, skip) -> int | None:
     )
     epoch_start = time.time()
     pending = []
-    dist_train = run.strategy.experimental_distribute_dataset(shard_by_data(train_ds))
+    dist_train = distribute.distribute_dataset(run.strategy, shard_by_data(train_ds))
     for i, batch in enumerate(dist_train, start=skip):
         pending.append(run.steps.train_step(batch))
         run.steps_done_here += 1

@@ -281,7 +281,7 @@ class LoopStep:
 
     def distribute(self, dataset):
         """`dataset` of global batches, distributed over the replicas as `train` does."""
-        return self.strategy.experimental_distribute_dataset(shard_by_data(dataset))
+        return distribute.distribute_dataset(self.strategy, shard_by_data(dataset))
 
     def run(self, dataset):
         """`train_step` on every batch of `dataset`, as in an epoch of `train` (without its
