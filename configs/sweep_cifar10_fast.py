@@ -58,6 +58,9 @@ def get_config(arg=None):
         "Wall times are of a 2-core machine that was shared with other jobs (tests, other "
         "runs) for most cells; on a quiet machine the T=1 training takes 24.5 minutes "
         "(tables/time_to_accuracy.md).",
+        "The cells trained before commit 15fbf8e (T=1, 70, 30 and 0.1 at seed 0, and T=0.5's "
+        "first 6 epochs) include a 60 s idle pause in about half of their epochs (a tf.data "
+        "iterator waiting for its autotuner thread; README, Performance); later cells do not.",
     ]
     if arg == "lr_x_t":
         # Only where one learning rate does not train in 12 epochs: T=70 reached 0.20 and T=0.1
