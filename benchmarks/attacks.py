@@ -4,24 +4,16 @@ exit, and C&W-L2 time per image."""
 
 from __future__ import annotations
 
-import json
-import os
-import pathlib
 import re
 import statistics
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from benchmarks import timing
 from benchmarks.timing import row, time_call, time_interleaved
 from tempscale_tf import attacks, distribute, models
-
-# The repository root (the folder of `benchmarks/` and `tempscale_tf/`): a fresh process gets it
-# on PYTHONPATH, so that it imports this checkout's `benchmarks` and `tempscale_tf`.
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _cleverhans_pgd(model, x, y, eps, step, steps):
@@ -113,47 +105,6 @@ def pgd_vs_cleverhans(
     }
 
 
-_RESULT_MARKER = "BENCH_RESULT_JSON "
-_CHILD_FUNCTIONS = {"pgd_vs_cleverhans": pgd_vs_cleverhans}
-
-
-def run_in_fresh_process(name, timeout=1800, env=None, **kwargs):
-    """`name(**kwargs)` (one of `_CHILD_FUNCTIONS`) in a new Python process: (result, stderr).
-
-    The process imports this checkout's `benchmarks` and `tempscale_tf` (the repository root
-    is put first on its PYTHONPATH).
-
-    Args:
-      name: a key of `_CHILD_FUNCTIONS`.
-      timeout: seconds before the process is killed (`subprocess.TimeoutExpired`).
-      env: environment variables to set in the process (on top of this one's).
-      **kwargs: the function's arguments (JSON-serialisable).
-    """
-    code = "import sys; from benchmarks import attacks; attacks._child_main(sys.argv[1:])"
-    env = dict(os.environ, **(env or {}))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
-    result = subprocess.run(
-        [sys.executable, "-c", code, name, json.dumps(kwargs)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
-    lines = [line for line in result.stdout.splitlines() if line.startswith(_RESULT_MARKER)]
-    if result.returncode or not lines:
-        raise RuntimeError(
-            f"benchmark subprocess {name}({kwargs}) failed with exit code "
-            f"{result.returncode}:\n{result.stderr[-3000:]}"
-        )
-    return json.loads(lines[-1][len(_RESULT_MARKER) :]), result.stderr
-
-
-def _child_main(argv):
-    name, kwargs = argv[0], json.loads(argv[1])
-    result = _CHILD_FUNCTIONS[name](**kwargs)
-    print(_RESULT_MARKER + json.dumps(result), flush=True)
-
-
 # oneDNN's graph rewrite (TensorFlow's MklLayoutRewritePass), logged at VLOG level 1.
 _ONEDNN_REWRITE_LOG = {"TF_CPP_MIN_LOG_LEVEL": "0", "TF_CPP_VMODULE": "mkl_layout_pass=1"}
 _REWROTE_LOOP_MAXPOOL_GRAD = re.compile(r"rewrote node \S*while/body\S*/MaxPoolGrad with op")
@@ -203,8 +154,8 @@ def bench_pgd_processes(
     settings = dict(model=model_name, batch_size=batch_size, steps=steps, processes=num_processes)
     rows, ratios, cpu_ratios = [], [], []
     for i in range(num_processes):
-        result, log = run_in_fresh_process(
-            "pgd_vs_cleverhans", timeout=timeout, env=_ONEDNN_REWRITE_LOG, **kwargs
+        result, log = timing.run_in_fresh_process(
+            "attacks.pgd_vs_cleverhans", timeout=timeout, env=_ONEDNN_REWRITE_LOG, **kwargs
         )
         onednn = onednn_loop_maxpool_grads(log)
         ratios.append(result["ratio"])

@@ -57,3 +57,100 @@ def bench_corruptions(num_images=256, names=None):
             )
         )
     return rows
+
+
+TEARDOWN_VARIANTS = ("ours (autotuner off)", "autotuner on", "experimental_distribute_dataset")
+
+
+def iterator_teardown_seconds(variant, dataset, data_dir, batch_size, num_batches, pause):
+    """Seconds to destroy one iterator (see `bench_iterator_teardown`); run in a fresh process."""
+    import gc
+    import time
+
+    import tensorflow as tf
+
+    from tempscale_tf import distribute
+
+    ds = data.load(dataset, "train", data_dir, batch_size).repeat()
+    if variant == "autotuner on":
+        options = tf.data.Options()
+        options.autotune.enabled = True
+        ds = ds.with_options(options)
+    elif variant == "experimental_distribute_dataset":
+        ds = distribute.mirrored(["/cpu:0"]).experimental_distribute_dataset(ds)
+    iterator = iter(ds)
+    for _ in range(num_batches):
+        next(iterator)
+        time.sleep(pause)
+    start = time.perf_counter()
+    del iterator
+    gc.collect()
+    return time.perf_counter() - start
+
+
+def bench_iterator_teardown(
+    dataset, data_dir, batch_size, num_batches=48, pause=1.7, trials=3, timeout=900
+):
+    """Seconds to destroy an epoch's iterator after reading `num_batches` batches with a
+    `pause` after each (a training step's time), for three pipelines: ours (`data.load`:
+    autotuner off), the same with tf.data's autotuner on, and ours through a one-replica
+    `MirroredStrategy.experimental_distribute_dataset`.
+
+    An autotuned iterator's destructor can wait for its autotuner thread, which sleeps up to
+    60 s between runs (its period grows while the iterator lives): whether it waits depends on
+    where that thread is in its sleep, so each variant runs `trials` times, every trial in its
+    own process, all processes at once (they mostly sleep). Rows: the median and the maximum.
+
+    Args:
+      dataset: a `data` dataset name.
+      data_dir: its folder (None: the default).
+      batch_size: images per batch.
+      num_batches: batches read before the iterator is destroyed.
+      pause: seconds of sleep after each batch.
+      trials: processes per variant.
+      timeout: seconds before a process is killed.
+    """
+    import concurrent.futures
+    import statistics
+
+    from benchmarks import timing
+
+    jobs = [(v, t) for v in TEARDOWN_VARIANTS for t in range(trials)]
+    kwargs = dict(
+        dataset=dataset,
+        data_dir=data_dir,
+        batch_size=batch_size,
+        num_batches=num_batches,
+        pause=pause,
+    )
+    with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
+        futures = {
+            job: pool.submit(
+                timing.run_in_fresh_process,
+                "pipeline.iterator_teardown_seconds",
+                timeout,
+                variant=job[0],
+                **kwargs,
+            )
+            for job in jobs
+        }
+        seconds = {job: future.result()[0] for job, future in futures.items()}
+    rows = []
+    for variant in TEARDOWN_VARIANTS:
+        values = [seconds[(variant, t)] for t in range(trials)]
+        for stat, value in (("median", statistics.median(values)), ("max", max(values))):
+            rows.append(
+                row(
+                    "iterator_teardown",
+                    variant,
+                    value,
+                    "s",
+                    statistic=stat,
+                    trials=trials,
+                    dataset=dataset,
+                    batch_size=batch_size,
+                    batches=num_batches,
+                    pause_s=pause,
+                )
+            )
+    return rows

@@ -14,6 +14,17 @@ from benchmarks import attacks as attack_bench
 from benchmarks import autoattack, flops, pipeline, train_step
 
 
+# The benchmark groups `run` can run (all by default).
+SECTIONS = (
+    "train_step",
+    "input_pipeline",
+    "attacks",
+    "autoattack",
+    "corruptions",
+    "iterator_teardown",
+)
+
+
 @dataclasses.dataclass
 class Options:
     """What to run. `quick` shrinks every benchmark to a smoke test."""
@@ -27,19 +38,43 @@ class Options:
     attack_workdir: str = ""
     autoattack_examples: int = 128
     pgd_processes: int = 5
+    sections: tuple = SECTIONS
 
 
 def run(options: Options) -> tuple[list, dict]:
     """Run every benchmark; return (rows, settings for the table)."""
-    rows = train_step_rows(options)
-    rows += input_pipeline_rows(options)
-    model, x, y, attack_model = attack_target(options)
-    rows += attack_rows(options, model, x, y)
-    rows += autoattack_rows(options)
-    logging.info("corruptions")
-    q = options.quick
-    rows += pipeline.bench_corruptions(32 if q else 256, ["gaussian_noise", "fog"] if q else None)
-    settings = {"quick": q, "attack model": attack_model, "attack batch": int(len(y))}
+    unknown = set(options.sections) - set(SECTIONS)
+    if unknown:
+        raise ValueError(f"unknown benchmark sections {sorted(unknown)}; choose from {SECTIONS}")
+    q, rows, settings = options.quick, [], {"quick": options.quick}
+    if "train_step" in options.sections:
+        rows += train_step_rows(options)
+    if "input_pipeline" in options.sections:
+        rows += input_pipeline_rows(options)
+    if "attacks" in options.sections:
+        model, x, y, attack_model = attack_target(options)
+        rows += attack_rows(options, model, x, y)
+        settings.update({"attack model": attack_model, "attack batch": int(len(y))})
+    if "autoattack" in options.sections:
+        rows += autoattack_rows(options)
+    if "corruptions" in options.sections:
+        logging.info("corruptions")
+        names = ["gaussian_noise", "fog"] if q else None
+        rows += pipeline.bench_corruptions(32 if q else 256, names)
+    if "iterator_teardown" in options.sections:
+        logging.info("iterator teardown (about 2 minutes, mostly idle)" if not q else "teardown")
+        # The fast recipe's epoch: 48 CIFAR-10 batches of 1024 (digits when CIFAR-10 is absent).
+        name, data_dir, batch = "cifar10", options.data_dir, 1024
+        if q or not os.path.isdir(os.path.join(options.data_dir, "cifar10")):
+            name, data_dir, batch = "digits", None, 64
+        rows += pipeline.bench_iterator_teardown(
+            name,
+            data_dir,
+            batch,
+            num_batches=3 if q else 48,
+            pause=0.0 if q else 1.7,
+            trials=1 if q else 3,
+        )
     return rows, settings
 
 
@@ -165,13 +200,34 @@ def autoattack_rows(options: Options) -> list:
 
 
 def headline_notes(frame) -> list[str]:
-    """Headline ratios measured side by side in this run."""
+    """Headline ratios measured side by side in this run (of the sections that ran)."""
+    # Columns that only some sections' rows have (a run of a few sections lacks them).
+    optional = ("model", "batch_size", "loop_maxpool_grads_onednn")
+    frame = frame.reindex(columns=[*frame.columns, *(c for c in optional if c not in frame)])
     value = _value_lookup(frame)
     return [
         *_autoattack_notes(frame),
         *_pgd_notes(frame, value),
         *_train_step_notes(frame, value),
         *_flops_notes(frame, value),
+        *_teardown_notes(frame),
+    ]
+
+
+def _teardown_notes(frame) -> list[str]:
+    rows = frame[frame.benchmark == "iterator_teardown"]
+    if not len(rows):
+        return []
+    first = rows.iloc[0]
+    stats = rows.set_index(["variant", "statistic"])["value"]
+    times = ", ".join(
+        f"{v} {stats[(v, 'median')]:.1f} s (max {stats[(v, 'max')]:.1f} s)"
+        for v in pipeline.TEARDOWN_VARIANTS
+    )
+    return [
+        f"Destroying an iterator after {int(first.batches)} batches read {first.pause_s:g} s "
+        f"apart, median over {int(first.trials)} processes: {times}. An autotuned iterator "
+        f"can wait for its autotuner thread (up to 60 s)."
     ]
 
 
@@ -208,6 +264,8 @@ def _autoattack_notes(frame) -> list[str]:
 def _pgd_notes(frame, value) -> list[str]:
     import pandas as pd
 
+    if not (frame.benchmark == "pgd20").any():  # the attack section did not run
+        return []
     ours, theirs = value("pgd20", "ours_jit=False"), value("pgd20", "cleverhans")
     notes = [f"PGD-20 ours / cleverhans throughput (this process): {ours / theirs:.2f}x"]
     spread = frame[frame.benchmark == "pgd20_processes"].set_index("variant")

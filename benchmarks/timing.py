@@ -3,10 +3,21 @@ variants timed in turns, and the row format of `tables/bench.csv`."""
 
 from __future__ import annotations
 
+import importlib
+import json
+import os
+import pathlib
 import statistics
+import subprocess
+import sys
 import time
 
 import tensorflow as tf
+
+# The repository root (the folder of `benchmarks/` and `tempscale_tf/`): a fresh process gets it
+# on PYTHONPATH, so that it imports this checkout's `benchmarks` and `tempscale_tf`.
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+_RESULT_MARKER = "BENCH_RESULT_JSON "
 
 
 def row(benchmark, variant, value, unit, **settings) -> dict:
@@ -79,3 +90,42 @@ def time_interleaved(fns: dict, repeats=5, warmup=1, cpu_seconds: dict | None = 
     if cpu_seconds is not None:
         cpu_seconds.update({name: statistics.median(t) for name, t in cpu.items()})
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def run_in_fresh_process(name, timeout=1800, env=None, **kwargs):
+    """`name(**kwargs)` in a new Python process: (its JSON-able result, its stderr).
+
+    The process imports this checkout's `benchmarks` and `tempscale_tf` (the repository root
+    is put first on its PYTHONPATH).
+
+    Args:
+      name: "<module>.<function>" of a module of the `benchmarks` package, e.g.
+        "attacks.pgd_vs_cleverhans".
+      timeout: seconds before the process is killed (`subprocess.TimeoutExpired`).
+      env: environment variables to set in the process (on top of this one's).
+      **kwargs: the function's arguments (JSON-serialisable).
+    """
+    code = "import sys; from benchmarks import timing; timing._child_main(sys.argv[1:])"
+    env = dict(os.environ, **(env or {}))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    result = subprocess.run(
+        [sys.executable, "-c", code, name, json.dumps(kwargs)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    lines = [line for line in result.stdout.splitlines() if line.startswith(_RESULT_MARKER)]
+    if result.returncode or not lines:
+        raise RuntimeError(
+            f"benchmark subprocess {name}({kwargs}) failed with exit code "
+            f"{result.returncode}:\n{result.stderr[-3000:]}"
+        )
+    return json.loads(lines[-1][len(_RESULT_MARKER) :]), result.stderr
+
+
+def _child_main(argv):
+    name, kwargs = argv[0], json.loads(argv[1])
+    module, function = name.rsplit(".", 1)
+    result = getattr(importlib.import_module(f"benchmarks.{module}"), function)(**kwargs)
+    print(_RESULT_MARKER + json.dumps(result), flush=True)

@@ -44,6 +44,11 @@ flags.DEFINE_integer("autoattack_examples", 128, "Digits test images for the Aut
 flags.DEFINE_integer(
     "pgd_processes", 5, "Fresh processes for the PGD-vs-cleverhans spread (2 with --quick)."
 )
+flags.DEFINE_list(
+    "sections",
+    ["train_step", "input_pipeline", "attacks", "autoattack", "corruptions", "iterator_teardown"],
+    "Which benchmark groups to run (benchmarks.suite.SECTIONS).",
+)
 FLAGS = flags.FLAGS
 
 
@@ -64,6 +69,7 @@ def main(argv):
         attack_workdir=FLAGS.attack_workdir,
         autoattack_examples=FLAGS.autoattack_examples,
         pgd_processes=FLAGS.pgd_processes,
+        sections=tuple(FLAGS.sections),
     )
     rows, settings = suite.run(options)
     cpu = machine.cpu_description()

@@ -13,6 +13,7 @@ import tensorflow as tf
 from conftest import run_launcher
 
 from benchmarks import attacks as attack_bench
+from benchmarks import pipeline as pipeline_bench
 from benchmarks import train_step as step_bench
 from tempscale_tf import data, distribute, machine, tables, training
 
@@ -179,7 +180,14 @@ def test_bench_quick_writes_table(tmp_path):
         "cw_l2",
         "corruption",
         "autoattack",
+        "iterator_teardown",
     } <= set(frame["benchmark"])
+    teardown = frame[frame.benchmark == "iterator_teardown"]
+    assert set(teardown["variant"]) == {
+        "ours (autotuner off)",
+        "autotuner on",
+        "experimental_distribute_dataset",
+    }
     aa = frame[frame.benchmark == "autoattack"]
     assert sorted(aa["model"].unique()) == ["linear", "small_cnn"]
     aa = aa.set_index("variant")
@@ -217,3 +225,17 @@ def test_bench_quick_writes_table(tmp_path):
             expected = flops[f"train_achieved_{precision}"] / flops[f"matmul_peak_{peak}"]
             assert ratio == pytest.approx(expected, rel=1e-9)
     assert "bfloat16 peak" in text
+
+
+def test_bench_sections_select_what_runs():
+    from benchmarks import suite
+
+    rows, settings = suite.run(suite.Options(quick=True, sections=("iterator_teardown",)))
+    assert {r["benchmark"] for r in rows} == {"iterator_teardown"}
+    assert len(rows) == 6 and all(r["value"] >= 0 for r in rows)
+    assert {(r["variant"], r["statistic"]) for r in rows} == {
+        (v, s) for v in pipeline_bench.TEARDOWN_VARIANTS for s in ("median", "max")
+    }
+    assert settings == {"quick": True}
+    with pytest.raises(ValueError, match="unknown benchmark sections.*nope"):
+        suite.run(suite.Options(quick=True, sections=("nope",)))
