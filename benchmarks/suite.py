@@ -13,7 +13,6 @@ from absl import logging
 from benchmarks import attacks as attack_bench
 from benchmarks import autoattack, flops, pipeline, train_step
 
-
 # The benchmark groups `run` can run (all by default).
 SECTIONS = (
     "train_step",
