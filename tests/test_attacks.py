@@ -375,6 +375,16 @@ def test_robust_accuracy_dataset_with_mirrored_strategy():
         model, dataset, attacks, strategy=strategy, progress=False, individual=True
     )
     assert plain == mirrored
+    # One replica: the plain dataset goes to strategy.run (distribute.distribute_dataset).
+    single = robust_accuracy_dataset(
+        model,
+        dataset,
+        attacks,
+        strategy=distribute.mirrored(devices[:1]),
+        progress=False,
+        individual=True,
+    )
+    assert plain == single
     assert plain.num_examples == 97
     whole = worst_case(model, x, y, attacks, individual=True)
     assert plain.clean_accuracy == pytest.approx(whole.clean_accuracy)

@@ -26,6 +26,7 @@ from tempscale_tf.attacks.common import (
     without_label,
 )
 from tempscale_tf.attacks.pgd import pgd
+from tempscale_tf.distribute import distribute_dataset
 from tempscale_tf.validation import check_positive_int, check_temperature
 
 __all__ = [
@@ -381,8 +382,9 @@ def robust_accuracy_dataset(
     """`worst_case` over every batch of a dataset, with a progress bar; aggregated numbers.
 
     With a `tf.distribute.Strategy`, the dataset is distributed with
-    `strategy.experimental_distribute_dataset` and every replica attacks its share of each
-    global batch inside `strategy.run`, on its own device (for a model built under
+    `distribute.distribute_dataset` (unchanged for one replica, which avoids the iterator
+    teardown pause it describes) and every replica attacks its share of each global batch
+    inside `strategy.run`, on its own device (for a model built under
     `strategy.scope()`, with that replica's copy of the variables). The attacks are
     per-example, so the numbers do not depend on the strategy, up to floating-point
     differences between devices.
@@ -421,7 +423,7 @@ def robust_accuracy_dataset(
     n = clean = robust = 0
     cumulative = np.zeros(num_attacks, np.int64)
     single = np.zeros(num_attacks, np.int64)
-    batches = dataset if strategy is None else strategy.experimental_distribute_dataset(dataset)
+    batches = dataset if strategy is None else distribute_dataset(strategy, dataset)
     for step, element in enumerate(batches, start=1):
         if not (isinstance(element, (tuple, list)) and len(element) == 2):
             raise ValueError("the dataset must yield (images, labels) pairs")
