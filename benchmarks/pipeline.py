@@ -89,7 +89,7 @@ def iterator_teardown_seconds(variant, dataset, data_dir, batch_size, num_batche
 
 
 def bench_iterator_teardown(
-    dataset, data_dir, batch_size, num_batches=48, pause=1.7, trials=3, timeout=900
+    dataset, data_dir, batch_size, num_batches=48, pause=1.7, trials=5, timeout=900
 ):
     """Seconds to destroy an epoch's iterator after reading `num_batches` batches with a
     `pause` after each (a training step's time), for three pipelines: ours (`data.load`:
@@ -99,7 +99,8 @@ def bench_iterator_teardown(
     An autotuned iterator's destructor can wait for its autotuner thread, which sleeps up to
     60 s between runs (its period grows while the iterator lives): whether it waits depends on
     where that thread is in its sleep, so each variant runs `trials` times, every trial in its
-    own process, all processes at once (they mostly sleep). Rows: the median and the maximum.
+    own process, all processes at once (they mostly sleep). Rows: the median, the maximum and
+    the number of processes that waited (`teardown_rows`).
 
     Args:
       dataset: a `data` dataset name.
@@ -111,7 +112,6 @@ def bench_iterator_teardown(
       timeout: seconds before a process is killed.
     """
     import concurrent.futures
-    import statistics
 
     from benchmarks import timing
 
@@ -135,22 +135,37 @@ def bench_iterator_teardown(
             for job in jobs
         }
         seconds = {job: future.result()[0] for job, future in futures.items()}
+    settings = dict(dataset=dataset, batch_size=batch_size, batches=num_batches, pause_s=pause)
+    by_variant = {v: [seconds[(v, t)] for t in range(trials)] for v in TEARDOWN_VARIANTS}
+    return teardown_rows(by_variant, **settings)
+
+
+# A teardown slower than this waited for the autotuner thread (unwaited ones take about 1 s).
+WAIT_THRESHOLD_S = 10.0
+
+
+def teardown_rows(seconds_by_variant, **settings):
+    """Rows of `bench_iterator_teardown`: per variant, the median and maximum seconds over its
+    processes, and how many of them waited (took longer than `WAIT_THRESHOLD_S`)."""
+    import statistics
+
     rows = []
-    for variant in TEARDOWN_VARIANTS:
-        values = [seconds[(variant, t)] for t in range(trials)]
-        for stat, value in (("median", statistics.median(values)), ("max", max(values))):
+    for variant, values in seconds_by_variant.items():
+        waited = sum(v > WAIT_THRESHOLD_S for v in values)
+        for stat, value, unit in (
+            ("median", statistics.median(values), "s"),
+            ("max", max(values), "s"),
+            (f"waited (> {WAIT_THRESHOLD_S:g} s)", waited, "processes"),
+        ):
             rows.append(
                 row(
                     "iterator_teardown",
                     variant,
                     value,
-                    "s",
+                    unit,
                     statistic=stat,
-                    trials=trials,
-                    dataset=dataset,
-                    batch_size=batch_size,
-                    batches=num_batches,
-                    pause_s=pause,
+                    trials=len(values),
+                    **settings,
                 )
             )
     return rows

@@ -194,7 +194,9 @@ def test_bench_quick_writes_table(tmp_path):
     # ART is a test extra, so its rows are there.
     assert {"ours_first_call", "ours", "art", "speedup_ours_vs_art"} <= set(aa.index)
     assert aa.loc[["ours", "art"], "robust_accuracy"].between(0, 1).all()
-    assert all(math.isfinite(v) and v > 0 for v in frame["value"])
+    counts = frame.unit == "processes"  # iterator_teardown's waited counts may be 0
+    assert all(math.isfinite(v) and v > 0 for v in frame.loc[~counts, "value"])
+    assert frame.loc[counts, "value"].between(0, frame.loc[counts, "trials"]).all()
     step = frame[frame.benchmark == "train_step"]
     assert set(step["variant"]) == {
         "ours_jit=False",
@@ -232,10 +234,25 @@ def test_bench_sections_select_what_runs():
 
     rows, settings = suite.run(suite.Options(quick=True, sections=("iterator_teardown",)))
     assert {r["benchmark"] for r in rows} == {"iterator_teardown"}
-    assert len(rows) == 6 and all(r["value"] >= 0 for r in rows)
+    assert len(rows) == 9 and all(r["value"] >= 0 for r in rows)
     assert {(r["variant"], r["statistic"]) for r in rows} == {
-        (v, s) for v in pipeline_bench.TEARDOWN_VARIANTS for s in ("median", "max")
+        (v, s)
+        for v in pipeline_bench.TEARDOWN_VARIANTS
+        for s in ("median", "max", "waited (> 10 s)")
     }
     assert settings == {"quick": True}
     with pytest.raises(ValueError, match="unknown benchmark sections.*nope"):
         suite.run(suite.Options(quick=True, sections=("nope",)))
+
+
+def test_teardown_rows_count_the_processes_that_waited():
+    rows = pipeline_bench.teardown_rows(
+        {"a": [1.2, 60.4, 0.9, 31.0, 1.0], "b": [0.5, 0.7, 0.6, 0.4, 0.8]}, dataset="digits"
+    )
+    got = {(r["variant"], r["statistic"]): (r["value"], r["unit"]) for r in rows}
+    assert got[("a", "median")] == (1.2, "s")
+    assert got[("a", "max")] == (60.4, "s")
+    assert got[("a", "waited (> 10 s)")] == (2, "processes")
+    assert got[("b", "waited (> 10 s)")] == (0, "processes")
+    assert got[("b", "median")] == (0.6, "s")
+    assert all(r["trials"] == 5 and r["dataset"] == "digits" for r in rows)
