@@ -77,21 +77,15 @@ def _load():
 
 
 def _load_keras_file(path):
-    import keras
+    from tempscale_tf.export import load_keras_model
 
-    from tempscale_tf.export import INFO_FILE
-    from tempscale_tf.files import read_json
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--keras_model {path!r} not found")
     if not FLAGS.dataset:
         raise ValueError("--keras_model needs --dataset")
-    info_path = os.path.join(os.path.dirname(path), INFO_FILE)
-    info = read_json(info_path) if os.path.exists(info_path) else {}
-    temperature = FLAGS.temperature if FLAGS.temperature is not None else info.get("temperature")
-    if temperature is None:
-        raise ValueError(f"--keras_model needs --temperature (no {INFO_FILE} beside {path})")
-    model = keras.saving.load_model(path)
+    try:
+        model, info = load_keras_model(path, FLAGS.temperature)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"--keras_model: {e}") from e
+    temperature = info["temperature"]
     meta = {
         "dataset": FLAGS.dataset,
         "model": info.get("model", model.name),

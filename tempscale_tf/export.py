@@ -66,3 +66,27 @@ def load_saved_model(path):
         raise FileNotFoundError(f"{info_path} not found: {path} is not a tempscale_tf export")
     loaded = tf.saved_model.load(str(path))
     return loaded.signatures["serving_default"], read_json(info_path)
+
+
+def load_keras_model(path, temperature=None):
+    """Load a `model.keras` file and the `tempscale_info.json` beside it (if any).
+
+    Args:
+      path: the `.keras` file.
+      temperature: the model's training temperature; None: the info file's.
+
+    Returns:
+      (model, info): `info["temperature"]` is set.
+    """
+    import tempscale_tf.models  # noqa: F401 (registers the custom layers the file names)
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Keras model file {str(path)!r} not found")
+    info_path = os.path.join(os.path.dirname(path), INFO_FILE)
+    info = read_json(info_path) if os.path.exists(info_path) else {}
+    if temperature is None:
+        temperature = info.get("temperature")
+    if temperature is None:
+        raise ValueError(f"{path}: give the model's temperature (no {INFO_FILE} beside it)")
+    info["temperature"] = check_temperature(temperature)
+    return keras.saving.load_model(path), info
