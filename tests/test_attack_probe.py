@@ -72,6 +72,22 @@ def test_float32_copy_of_a_bfloat16_model():
     assert [r["precision"] for r in rows] == ["bfloat16"]
 
 
+def test_compute_dtype_looks_at_the_layers(tmp_path):
+    # A functional model keeps a float32 policy of its own while its layers compute in bfloat16
+    # (as the models the training loop saves do once loaded from their .keras file).
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(3, dtype="mixed_bfloat16")(inputs)
+    outputs = keras.layers.Dense(2, dtype="float32")(hidden)
+    model = keras.Model(inputs, outputs)
+    assert model.dtype_policy.compute_dtype == "float32"
+    assert attack_probe.compute_dtype(model) == "bfloat16"
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert attack_probe.compute_dtype(loaded) == "bfloat16"
+    copy = attack_probe.float32_copy(loaded)
+    assert attack_probe.compute_dtype(copy) == "float32"
+
+
 def test_summary_reports_the_spread():
     rows = [
         {"precision": "bfloat16", "attack": "pgd", "robust": 0.33},

@@ -73,6 +73,15 @@ def float32_copy(model: keras.Model) -> keras.Model:
     return copy
 
 
+def compute_dtype(model) -> str:
+    """The dtype the model's layers compute in: a lower precision if any layer with weights uses
+    one (a functional model loaded from a file keeps a float32 policy of its own while its
+    layers compute in bfloat16), else "float32"."""
+    dtypes = {layer.compute_dtype for layer in model.layers if layer.weights}
+    lower = sorted(dtypes - {"float32"})
+    return lower[0] if lower else "float32"
+
+
 def _accuracy(model, x, y, batch_size=250) -> float:
     logits = np.concatenate(
         [
@@ -119,7 +128,7 @@ def probe(
     for s in settings:
         if s.kind not in KINDS:
             raise ValueError(f"unknown probe attack kind {s.kind!r} in {s.name!r}; use {KINDS}")
-    models = [(model.dtype_policy.compute_dtype, model)]
+    models = [(compute_dtype(model), model)]
     if with_float32 and models[0][0] != "float32":
         models.append(("float32", float32_copy(model)))
     rows = []
