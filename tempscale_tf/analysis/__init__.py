@@ -10,6 +10,7 @@ Modules:
   * `geometry`: class prototypes, distance / cosine statistics, descent-direction cosines, t-SNE.
   * `rank`: effective rank, numerical rank, accuracy under PCA truncation.
   * `adversarial`: logits before / after PGD.
+  * `attack_probe`: one model under several PGD settings and APGD, bfloat16 and float32.
   * `ood`: MSP / max-logit / energy scores, tie-aware AUROC, FPR@95%TPR, OOD sets.
   * `history`: convergence curves from `history.json` (no retraining).
   * `runs`: `analyze_run(workdir)`, everything for one run.
