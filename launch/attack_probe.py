@@ -26,6 +26,7 @@ flags.DEFINE_integer("steps", 20, "PGD iterations of the base setting.")
 flags.DEFINE_float("temperature", None, "CE temperature of the attacks (default: 1).")
 flags.DEFINE_bool("float32", True, "Also attack a float32 copy of a lower-precision model.")
 flags.DEFINE_string("out", None, "Table path without extension.")
+flags.DEFINE_integer("seed", 0, "The attacks' seed.")
 flags.mark_flags_as_required(["keras_model", "dataset", "out"])
 FLAGS = flags.FLAGS
 
@@ -44,6 +45,7 @@ def main(argv):
         attack_probe.default_settings(FLAGS.eps, FLAGS.steps),
         temperature=attack_temperature,
         with_float32=FLAGS.float32,
+        seed=FLAGS.seed,
     )
     tables.write_table(
         rows,
@@ -56,7 +58,7 @@ def main(argv):
             "examples": len(y),
             "eps": FLAGS.eps,
             "attack CE temperature": attack_temperature,
-            "seed": 0,
+            "seed": FLAGS.seed,
             "machine": machine.cpu_description(),
         },
         notes=attack_probe.summary(rows),

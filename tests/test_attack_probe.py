@@ -109,6 +109,8 @@ def test_probe_rejects_bad_settings(linear):
         attack_probe.probe(model, x, y, float("nan"))
     with pytest.raises(ValueError, match="unknown probe attack kind 'fgsm'"):
         attack_probe.probe(model, x, y, 0.1, [attack_probe.ProbeSetting("f", "fgsm", {})])
+    with pytest.raises(ValueError, match="steps"):
+        attack_probe.default_settings(0.1, steps=0)
     with pytest.raises(ValueError, match="at least one"):
         attack_probe.probe(model, x, y, 0.1, [])
 

@@ -25,6 +25,8 @@ import tensorflow as tf
 from tempscale_tf.attacks.apgd import apgd
 from tempscale_tf.attacks.common import check_finite_number, check_images_and_labels
 from tempscale_tf.attacks.pgd import pgd
+from tempscale_tf.evaluation import predict_labels
+from tempscale_tf.validation import check_positive_int
 
 KINDS = ("pgd", "apgd")
 
@@ -41,6 +43,7 @@ def default_settings(eps: float, steps: int = 20) -> list[ProbeSetting]:
     """PGD-CE with the evaluation's step (eps / 4), with 5x the iterations at eps / 8, without a
     random start and with large steps (eps), then APGD-CE and APGD-DLR (100 iterations)."""
     eps = check_finite_number(eps, "eps", positive=True)
+    steps = check_positive_int(steps, "steps")
     return [
         ProbeSetting(f"pgd{steps} step eps/4", "pgd", {"steps": steps, "step_size": eps / 4}),
         ProbeSetting(
@@ -82,14 +85,8 @@ def compute_dtype(model) -> str:
     return lower[0] if lower else "float32"
 
 
-def _accuracy(model, x, y, batch_size=250) -> float:
-    logits = np.concatenate(
-        [
-            np.asarray(model(tf.constant(x[i : i + batch_size]), training=False))
-            for i in range(0, len(x), batch_size)
-        ]
-    )
-    return float(np.mean(np.argmax(logits, -1) == y))
+def _accuracy(model, x, y) -> float:
+    return float(np.mean(predict_labels(model, x) == y))
 
 
 def probe(
