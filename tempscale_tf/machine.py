@@ -47,9 +47,17 @@ def cpu_description() -> str:
     return f"{cpu_model()} ({cpu_bf16_description()})"
 
 
+def onednn_enabled() -> bool:
+    """Whether TensorFlow's oneDNN kernels are on in this process (`TF_ENABLE_ONEDNN_OPTS`,
+    read when TensorFlow loads; `tempscale_tf` turns it on unless it is set)."""
+    from tensorflow.python.util import _pywrap_util_port
+
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
 def machine_description() -> str:
-    """Cores, CPU model and bfloat16 features, GPUs (or "no GPU") and the TensorFlow and Keras
-    versions, in one line."""
+    """Cores, CPU model and bfloat16 features, GPUs (or "no GPU"), the TensorFlow version (and
+    whether its oneDNN kernels are on) and the Keras version, in one line."""
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         names = [
@@ -60,5 +68,6 @@ def machine_description() -> str:
         accel = "no GPU"
     return (
         f"{os.cpu_count()} CPU cores ({cpu_model()}; bf16: {cpu_bf16_description()}), {accel}; "
-        f"TensorFlow {tf.__version__}, Keras {keras.__version__}"
+        f"TensorFlow {tf.__version__} (oneDNN {'on' if onednn_enabled() else 'off'}), "
+        f"Keras {keras.__version__}"
     )

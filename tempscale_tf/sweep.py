@@ -29,6 +29,7 @@ import os
 import shutil
 import time
 
+import ml_collections
 import pandas as pd
 from absl import logging
 
@@ -70,7 +71,10 @@ def _cell_config(base, dataset, temperature, seed, overrides=None):
     for key, value in (overrides or {}).items():
         if key not in config:
             raise ValueError(f"variant override {key!r} is not a training setting")
-        config[key] = value
+        if key == "mixed_precision":  # True/False or "auto": a field of either type
+            config = ml_collections.ConfigDict({**config.to_dict(), key: value})
+        else:
+            config[key] = value
     return config
 
 
@@ -124,11 +128,27 @@ def committed_row(config, eval_config, results) -> dict | None:
         logging.info("%s: committed with other evaluation settings; recomputing", results)
         return None
     try:
-        training.check_resume_config(results, config)
+        training.check_resume_config(results, config, finished=True)
     except ValueError as e:
         logging.info("%s: committed with other training settings (%s); recomputing", results, e)
         return None
+    row.setdefault("precision", run_precision(results))
     return row
+
+
+def run_precision(run_dir) -> str:
+    """The compute precision a finished run trained in, from its `config.json` (which records
+    what `mixed_precision` resolved to): "mixed_bfloat16", "mixed_float16" or "float32".
+
+    Runs record the policy name in `eval.json` since this field exists; for older runs a mixed
+    run is read as bfloat16: every sweep before it ran on CPUs (no GPU with TensorFlow here).
+    """
+    mixed = read_json(os.path.join(run_dir, "config.json")).get("mixed_precision")
+    if not mixed:
+        return "float32"
+    metrics_path = os.path.join(run_dir, "metrics.json")
+    policy = read_json(metrics_path).get("precision") if os.path.exists(metrics_path) else None
+    return policy or "mixed_bfloat16"
 
 
 def _commit_results(workdir, results) -> None:
@@ -177,7 +197,8 @@ def _run_cell(config, eval_config, workdir, progress=False) -> dict:
             return _refresh_autoattack(row, config, eval_config, workdir, settings, progress)
         logging.info("%s: evaluation settings changed, re-evaluating", workdir)
     if os.path.exists(os.path.join(workdir, "metrics.json")):
-        training.check_resume_config(workdir, config)  # a finished cell must match the grid
+        # a finished cell must match the grid ("auto" accepts the precision it chose there)
+        training.check_resume_config(workdir, config, finished=True)
     else:
         try:
             training.train(config, workdir, progress=progress)
@@ -199,6 +220,7 @@ def _run_cell(config, eval_config, workdir, progress=False) -> dict:
     row["train/accuracy"] = train_metrics.get("train/accuracy")
     row["train/loss"] = train_metrics.get("train/loss")
     row["train/seconds"] = train_metrics.get("train/total_seconds")
+    row["precision"] = run_precision(workdir)
     row["eval_settings"] = settings
     atomic_write_json(eval_path, row)
     return row
@@ -371,6 +393,19 @@ def _table_notes(sweep_config, group) -> list[str]:
             if pd.notna(r.get("train/seconds"))
         )
         notes.append(f"Wall time per cell, training / evaluation (minutes): {times}.")
+    if "precision" in group and group["precision"].nunique() > 1:
+        by_precision = "; ".join(
+            f"{precision}: "
+            + ", ".join(
+                f"T={r.temperature:g} s{int(r.seed)}"
+                + (f" {r['variant']}" if r.get("variant") else "")
+                for _, r in cells.sort_values(["temperature", "seed"]).iterrows()
+            )
+            for precision, cells in group.groupby("precision")
+        )
+        notes.append(
+            f"Precision differs between cells (mixed_precision='auto' per machine): {by_precision}."
+        )
     return notes
 
 

@@ -8,6 +8,8 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# What `import tempscale_tf` sets when it comes first (oneDNN on; TensorFlow is imported here).
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 import pathlib  # noqa: E402
 

@@ -4,6 +4,8 @@ step is the training loop's own step (no timings are asserted anywhere)."""
 import math
 import os
 import pathlib
+import subprocess
+import sys
 
 import keras
 import ml_collections
@@ -144,6 +146,26 @@ def test_cpu_description_records_bf16_features():
     for flag in machine.BF16_CPU_FLAGS:
         assert (f"no {flag}" in features) == (flag not in flags)
         assert flag in features
+
+
+@pytest.mark.parametrize("setting", [None, "0", "1"])
+def test_importing_tempscale_tf_first_turns_onednn_on_unless_told_not_to(setting):
+    # In a fresh process: the switch is read when TensorFlow loads.
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    if setting is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = setting
+    code = (
+        "import tempscale_tf\nfrom tempscale_tf import machine\n"
+        "print('onednn', machine.onednn_enabled(), machine.machine_description())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    line = next(x for x in out.stdout.splitlines() if x.startswith("onednn"))
+    expected = setting != "0"
+    assert line.startswith(f"onednn {expected}")
+    assert f"(oneDNN {'on' if expected else 'off'})" in line
 
 
 def test_onednn_loop_maxpool_grads_reads_the_rewrite_log():

@@ -233,10 +233,26 @@ def test_sweep_commits_cells_and_skips_them_anywhere(tmp_path, monkeypatch):
         return real_train(config, workdir, **kwargs)
 
     monkeypatch.setattr(training, "train", train)
+    from tempscale_tf import distribute
+
+    # "auto" picks float32 on this (simulated) machine; the variant asks for bfloat16.
+    config.train.mixed_precision = "auto"
+    auto = {"mixed": False}
+    real_resolve = distribute.resolve_mixed_precision
+    monkeypatch.setattr(
+        distribute,
+        "resolve_mixed_precision",
+        lambda s: (auto["mixed"], "test") if s == "auto" else real_resolve(s),
+    )
     config.eval.clean_examples = 0
     config.reference_rows = [{"source": "paper", "temperature": 1.0, "clean": 0.9}]
     config.variants = [
-        {"name": "wd0", "temperature": 1.0, "seed": 0, "overrides": {"weight_decay": 0.0}}
+        {
+            "name": "wd0",
+            "temperature": 1.0,
+            "seed": 0,
+            "overrides": {"weight_decay": 0.0, "mixed_precision": True},
+        }
     ]
     sweep.run_sweep(config, str(tmp_path / "runs"), command="pytest")
     cells = sorted(p.name for p in (tmp_path / "committed").iterdir())
@@ -261,7 +277,11 @@ def test_sweep_commits_cells_and_skips_them_anywhere(tmp_path, monkeypatch):
     assert "diverged" in str(frame["status"][0]) and frame["status"][1] == "ok"  # T=1e-6, T=1
     md = (tmp_path / "tables" / "table1_digits_small_cnn.md").read_text()
     assert "Wall time per cell" in md
-    # A new machine: no run folders. Nothing is trained or evaluated again.
+    assert ok["precision"] == "float32"
+    assert "Precision differs between cells" in md and "mixed_bfloat16: T=1 s0 wd0" in md
+    # A new machine, where "auto" picks bfloat16: no run folders. Nothing is trained or
+    # evaluated again (the committed cells ran as "auto" asked, in float32 there).
+    auto["mixed"] = True
     shutil.rmtree(tmp_path / "runs")
     stamps = {p: p.stat().st_mtime for p in (tmp_path / "committed").rglob("*.json")}
     sweep.run_sweep(config, str(tmp_path / "runs"), command="pytest")

@@ -318,6 +318,28 @@ def test_resume_refuses_a_changed_setting(tmp_path, change):
         training.check_resume_config(tmp_path, tiny_config(**change))
 
 
+@pytest.mark.parametrize("recorded", [True, False])
+def test_finished_run_accepts_any_precision_that_auto_chose(tmp_path, recorded, monkeypatch):
+    # "auto" resolves per machine: a finished run (a sweep's committed cell) made where it chose
+    # bfloat16 is reused on a machine where it chooses float32 and vice versa; a run half-way
+    # is not continued in the other precision, and an explicit setting must match.
+    atomic_write_json(
+        tmp_path / "config.json", training.config_dict(tiny_config(mixed_precision=recorded))
+    )
+    monkeypatch.setattr(
+        distribute,
+        "resolve_mixed_precision",
+        lambda s: (not recorded, "test") if s == "auto" else (bool(s), "set"),
+    )
+    training.check_resume_config(tmp_path, tiny_config(mixed_precision="auto"), finished=True)
+    with pytest.raises(ValueError, match="mixed_precision"):
+        training.check_resume_config(tmp_path, tiny_config(mixed_precision="auto"))
+    with pytest.raises(ValueError, match="mixed_precision"):
+        training.check_resume_config(
+            tmp_path, tiny_config(mixed_precision=not recorded), finished=True
+        )
+
+
 def test_resume_allows_execution_and_logging_changes(tmp_path):
     atomic_write_json(tmp_path / "config.json", training.config_dict(tiny_config()))
     training.check_resume_config(

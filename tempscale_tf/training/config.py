@@ -184,12 +184,17 @@ def effective_hparams(config) -> tuple[float, float]:
     return float(config.lr) * factor, float(config.weight_decay) / factor
 
 
-def check_resume_config(workdir, config):
+def check_resume_config(workdir, config, finished=False):
     """Refuse to resume `workdir` with settings that would change the run's trajectory.
 
     Every field of the config is compared with the run's `config.json` except those in
     `_RESUME_MAY_CHANGE` (execution, logging and checkpoint cadence). A field missing from an
     older `config.json` must equal its default.
+
+    `mixed_precision="auto"` is compared as what it resolves to on this machine: a run half-way
+    in bfloat16 is not continued in float32. With `finished=True` (reusing a finished run's
+    results, e.g. a sweep's committed cell) "auto" accepts whichever precision the run's
+    machine chose, since that is what "auto" asked for; an explicit True/False must match.
     """
     path = pathlib.Path(workdir) / "config.json"
     if not path.exists():
@@ -197,9 +202,11 @@ def check_resume_config(workdir, config):
     old = read_json(path)
     new = config_dict(config)
     defaults = config_dict(default_config())
-    # A "mixed_precision: auto" is compared as what it resolves to on this machine.
+    any_precision = finished and new.get("mixed_precision") == "auto"
     for d in (new, defaults):
         d["mixed_precision"] = distribute.resolve_mixed_precision(d["mixed_precision"])[0]
+    if any_precision:
+        new["mixed_precision"] = old.get("mixed_precision", new["mixed_precision"])
     diffs = []
     for key in sorted(set(old) | set(new)):
         if key in _RESUME_MAY_CHANGE:

@@ -20,7 +20,7 @@ import tensorflow as tf
 from absl import logging
 
 from tempscale_tf import data as data_lib
-from tempscale_tf import distribute
+from tempscale_tf import distribute, machine
 from tempscale_tf.errors import TrainingDivergedError
 from tempscale_tf.files import atomic_write_json, read_json
 from tempscale_tf.lookahead import lookahead_decay
@@ -467,6 +467,8 @@ def _final_metrics(run) -> dict:
         # Wall time of the training steps over all epochs (resumed runs included).
         "train/total_seconds": float(sum(h.get("train/seconds", 0.0) for h in history)),
         "num_parameters": int(run.state.model.count_params()),
+        "precision": distribute.mixed_policy_name() if config.mixed_precision else "float32",
+        "machine": machine.machine_description(),
     }
 
 
