@@ -21,6 +21,7 @@ SECTIONS = (
     "autoattack",
     "corruptions",
     "iterator_teardown",
+    "onednn",
 )
 
 
@@ -73,6 +74,19 @@ def run(options: Options) -> tuple[list, dict]:
             num_batches=3 if q else 48,
             pause=0.0 if q else 1.7,
             trials=1 if q else 5,
+        )
+    if "onednn" in options.sections:
+        logging.info("float32 training step with oneDNN off / on (fresh processes)")
+        names = ["small_cnn"] if q else [m for m in options.models if m != "resnet50_cifar"]
+        batch = 32 if q else options.fast_batch_size
+        rows += train_step.bench_onednn(
+            names,
+            batch,
+            rounds=1 if q else 2,
+            steps=2 if q else 3,
+            repeats=1 if q else 2,
+            min_seconds=0.2 if q else 2.0,
+            data_dir=options.data_dir,
         )
     return rows, settings
 
@@ -210,6 +224,16 @@ def headline_notes(frame) -> list[str]:
         *_train_step_notes(frame, value),
         *_flops_notes(frame, value),
         *_teardown_notes(frame),
+        *_onednn_notes(frame),
+    ]
+
+
+def _onednn_notes(frame) -> list[str]:
+    rows = frame[(frame.benchmark == "onednn") & (frame.variant == "onednn_on_over_off")]
+    return [
+        f"{r.model} batch {int(r.batch_size)}, float32 step, oneDNN on / off: {r.value:.2f}x "
+        f"(median of {int(r.processes)} fresh processes each)"
+        for r in rows.itertuples()
     ]
 
 

@@ -200,3 +200,87 @@ def _steps_for(loop, x, y, steps, min_seconds) -> int:
     block(loop.run(dataset))  # tracing
     seconds = time_call(lambda: loop.run(dataset), repeats=1, warmup=0)
     return max(int(steps), int(np.ceil(min_seconds / max(seconds / steps, 1e-6))))
+
+
+def onednn_step_rate(model_name, batch_size, steps, repeats, min_seconds, data_dir=None):
+    """In a fresh process (`bench_onednn` sets its `TF_ENABLE_ONEDNN_OPTS`): the float32 graph
+    step's images/s of `model_name` and whether oneDNN is on in the process."""
+    from tempscale_tf import machine
+
+    rows = bench_train_step(
+        model_name,
+        [batch_size],
+        steps=steps,
+        repeats=repeats,
+        jit_options=(False,),
+        mixed_precision=False,
+        include_fit=False,
+        min_seconds=min_seconds,
+        config_overrides={"data_dir": data_dir} if data_dir else None,
+    )
+    rate = next(r["value"] for r in rows if r["variant"] == "ours_jit=False")
+    return {"images_per_s": rate, "onednn": machine.onednn_enabled()}
+
+
+def bench_onednn(
+    model_names, batch_size, rounds=2, steps=3, repeats=2, min_seconds=2.0, data_dir=None
+):
+    """The float32 training step with TensorFlow's oneDNN kernels off and on, side by side.
+
+    The switch (`TF_ENABLE_ONEDNN_OPTS`) is read when TensorFlow loads, so each measurement is a
+    fresh process; the two settings alternate, `rounds` processes each, and the medians are
+    compared. TensorFlow turns oneDNN on by default only on CPUs with AVX512-VNNI/BF16 or AMX;
+    `import tempscale_tf` turns it on everywhere unless the variable is set.
+
+    Args:
+      model_names: `models.MODELS` names (32x32x3 inputs).
+      batch_size: the global batch.
+      rounds: processes per setting.
+      steps, repeats, min_seconds: as `bench_train_step`, within each process.
+      data_dir: for `fast_cifar`'s whitening initialisation (random images when None).
+
+    Returns:
+      Rows per model: `onednn_off` and `onednn_on` (median images/s; `onednn_active`, "on" or
+      "off", is what the processes really had), then `onednn_on_over_off` (ratio).
+    """
+    from benchmarks.timing import run_in_fresh_process
+
+    rows = []
+    for name in model_names:
+        rates = {"0": [], "1": []}
+        active = {"0": set(), "1": set()}
+        kwargs = dict(
+            model_name=name,
+            batch_size=int(batch_size),
+            steps=steps,
+            repeats=repeats,
+            min_seconds=min_seconds,
+            data_dir=data_dir if name == "fast_cifar" else None,
+        )
+        for _ in range(rounds):
+            for setting in ("0", "1"):
+                result, _ = run_in_fresh_process(
+                    "train_step.onednn_step_rate", env={"TF_ENABLE_ONEDNN_OPTS": setting}, **kwargs
+                )
+                rates[setting].append(result["images_per_s"])
+                active[setting].add(bool(result["onednn"]))
+        settings = dict(
+            model=name, batch_size=int(batch_size), processes=rounds, precision="float32"
+        )
+        medians = {}
+        for setting, label in (("0", "onednn_off"), ("1", "onednn_on")):
+            medians[setting] = float(np.median(rates[setting]))
+            rows.append(
+                row(
+                    "onednn",
+                    label,
+                    medians[setting],
+                    "images/s",
+                    **settings,
+                    onednn_active="+".join("on" if a else "off" for a in sorted(active[setting])),
+                )
+            )
+        rows.append(
+            row("onednn", "onednn_on_over_off", medians["1"] / medians["0"], "ratio", **settings)
+        )
+    return rows

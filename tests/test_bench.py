@@ -203,7 +203,15 @@ def test_bench_quick_writes_table(tmp_path):
         "corruption",
         "autoattack",
         "iterator_teardown",
+        "onednn",
     } <= set(frame["benchmark"])
+    # oneDNN off / on in fresh processes: each process really had the setting it was given.
+    onednn = frame[frame.benchmark == "onednn"].set_index("variant")
+    assert onednn.loc["onednn_off", "onednn_active"] == "off"
+    assert onednn.loc["onednn_on", "onednn_active"] == "on"
+    assert onednn.loc["onednn_on_over_off", "value"] == pytest.approx(
+        onednn.loc["onednn_on", "value"] / onednn.loc["onednn_off", "value"], rel=1e-9
+    )
     teardown = frame[frame.benchmark == "iterator_teardown"]
     assert set(teardown["variant"]) == {
         "ours (autotuner off)",
@@ -249,6 +257,7 @@ def test_bench_quick_writes_table(tmp_path):
             expected = flops[f"train_achieved_{precision}"] / flops[f"matmul_peak_{peak}"]
             assert ratio == pytest.approx(expected, rel=1e-9)
     assert "bfloat16 peak" in text
+    assert "oneDNN on / off" in text
 
 
 def test_bench_sections_select_what_runs():
