@@ -140,8 +140,8 @@ def run_precision(run_dir) -> str:
     """The compute precision a finished run trained in, from its `config.json` (which records
     what `mixed_precision` resolved to): "mixed_bfloat16", "mixed_float16" or "float32".
 
-    Runs record the policy name in `eval.json` since this field exists; for older runs a mixed
-    run is read as bfloat16: every sweep before it ran on CPUs (no GPU with TensorFlow here).
+    Runs trained since `metrics.json` has a `precision` field record the policy name there; for
+    older runs a mixed run is read as bfloat16: every earlier sweep ran on CPUs.
     """
     mixed = read_json(os.path.join(run_dir, "config.json")).get("mixed_precision")
     if not mixed:
