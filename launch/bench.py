@@ -23,6 +23,8 @@ from tempscale_tf import cli  # noqa: E402
 
 cli.quiet_tensorflow()
 
+from benchmarks.suite import SECTIONS  # noqa: E402
+
 flags.DEFINE_bool("quick", False, "Tiny sizes (a smoke test of every benchmark).")
 flags.DEFINE_string("out", "tables/bench", "Output path without extension (.csv and .md).")
 flags.DEFINE_list(
@@ -46,8 +48,8 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_list(
     "sections",
-    ["train_step", "input_pipeline", "attacks", "autoattack", "corruptions", "iterator_teardown"],
-    "Which benchmark groups to run (benchmarks.suite.SECTIONS).",
+    list(SECTIONS),
+    f"Which benchmark groups to run (all by default): {', '.join(SECTIONS)}.",
 )
 FLAGS = flags.FLAGS
 
