@@ -25,8 +25,11 @@ format: install
 	$(VENV)/bin/ruff format tempscale_tf benchmarks launch configs tests
 	$(VENV)/bin/ruff check --fix tempscale_tf benchmarks launch configs tests
 
+# Two pytest workers: much of a tiny-data test is single-threaded (TensorFlow's import in each
+# launcher subprocess, tracing), so two processes keep both cores busy. `worksteal` balances the
+# long end-to-end tests between them.
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist worksteal
 
 test-slow: install
 	$(PY) -m pytest -q -m slow
