@@ -8,7 +8,8 @@ r"""Evaluate a trained model: Clean, corruptions (-C), PGD-20, C&W, and gradient
 
 Writes `eval.json` into the run (or export) folder, or --output_dir (for --keras_model default
 runs/evaluate/<the file's folder name>), and appends a row (with every setting and this command)
-to --csv. With --keras_model the temperature comes from the
+to --csv. A killed evaluation, rerun with the same command, resumes after its last finished stage
+(`eval_partial.json` in the same folder). With --keras_model the temperature comes from the
 `tempscale_info.json` beside the file (or --temperature). Columns are explained in
 `tempscale_tf/evaluation.py`.
 """
@@ -104,6 +105,8 @@ def main(argv):
     model, meta, folder = _load()
     folder = FLAGS.output_dir or folder
     os.makedirs(folder, exist_ok=True)
+    # A killed evaluation rerun with the same command resumes after its last finished stage.
+    partial = os.path.join(folder, "eval_partial.json")
     row = evaluation.evaluate_model(
         model,
         meta["temperature"],
@@ -111,9 +114,12 @@ def main(argv):
         eval_config,
         data_dir=meta.get("data_dir"),
         progress=FLAGS.progress,
+        resume_path=partial,
     )
     row = {**meta, **row, "command": cli.command_line()}
     atomic_write_json(os.path.join(folder, "eval.json"), row)
+    if os.path.exists(partial):  # not written for a model without weights
+        os.remove(partial)
     csv = FLAGS.csv or os.path.join(folder, "eval.csv")
     tables.append_row(csv, row)
     main_cols = [c for c in evaluation.MAIN_COLUMNS + evaluation.DIAGNOSTIC_COLUMNS if c in row]

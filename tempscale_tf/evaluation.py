@@ -25,6 +25,9 @@ All accuracies are fractions in [0, 1] over the same `num_examples` test images.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import time
 
 import keras
@@ -36,6 +39,7 @@ from tempscale_tf import attacks as attacks_lib
 from tempscale_tf import corruptions
 from tempscale_tf import data as data_lib
 from tempscale_tf.attacks.common import predictions
+from tempscale_tf.files import atomic_write_json, read_json
 from tempscale_tf.validation import check_temperature
 
 # The paper's column order, then the diagnostics.
@@ -298,7 +302,9 @@ def autoattack_columns(model, images, labels, temperature, config, row, progress
     return out
 
 
-def evaluate_model(model, temperature, dataset, config=None, data_dir=None, progress=True) -> dict:
+def evaluate_model(
+    model, temperature, dataset, config=None, data_dir=None, progress=True, resume_path=None
+) -> dict:
     """All columns for one model. See the module docstring for their meaning.
 
     Args:
@@ -307,9 +313,16 @@ def evaluate_model(model, temperature, dataset, config=None, data_dir=None, prog
       dataset: dataset name (see `tempscale_tf.data`).
       config: `default_eval_config()` or a modified copy.
       data_dir: where the dataset files are.
+      progress: show progress.
+      resume_path: a JSON file that records each finished stage (clean, corruptions, PGD,
+        AutoAttack, C&W-L2). A killed evaluation run again with the same file, model weights,
+        temperature, dataset and settings starts after the last finished stage; a file from
+        anything else is replaced. The caller deletes it once the row is written (see
+        `EvalStages`). None: nothing is saved.
 
     Returns:
       dict of column -> value, plus the settings that produced them (`eval/...` keys).
+      `eval/seconds` adds the time of the stages that earlier, killed runs finished.
     """
     config = config or default_eval_config()
     temperature = check_temperature(temperature)
@@ -317,33 +330,131 @@ def evaluate_model(model, temperature, dataset, config=None, data_dir=None, prog
     attack_list = pgd_attacks(temperature, config)
     names = _check_corruption_names(config)
     start = time.time()
+    stages = EvalStages(resume_path, model, temperature, dataset, config)
     images, labels = subset_arrays(dataset, config.split, data_dir, config.num_examples)
-    row = _clean_columns(model, images, labels, dataset, config, data_dir)
+    row = stages.run(
+        "clean", lambda: _clean_columns(model, images, labels, dataset, config, data_dir)
+    )
     if names:
-        row.update(_corruption_columns(model, images, labels, names, config, progress))
-    row.update(_pgd_columns(model, images, labels, temperature, attack_list, config, progress))
-    row.update(autoattack_columns(model, images, labels, temperature, config, row, progress))
+        row.update(
+            stages.run(
+                "corruption",
+                lambda: _corruption_columns(model, images, labels, names, config, progress),
+            )
+        )
+    row.update(
+        stages.run(
+            "pgd",
+            lambda: _pgd_columns(model, images, labels, temperature, attack_list, config, progress),
+        )
+    )
+    row.update(
+        stages.run(
+            "autoattack",
+            lambda: autoattack_columns(model, images, labels, temperature, config, row, progress),
+        )
+    )
     logging.info(
         "PGD-20 (CE at T=%g) %.4f, worst case %.4f", temperature, row["pgd20"], row["worst_case"]
     )
     if config.cw_l2_examples:
         n = min(config.cw_l2_examples, len(labels))
         row.update(
-            cw_l2_accuracy(
-                model,
-                images[:n],
-                labels[:n],
-                config.cw_l2_eps,
-                config.cw_l2_binary_search_steps,
-                config.cw_l2_max_iterations,
-                config.cw_l2_learning_rate,
-                config.jit_compile,
+            stages.run(
+                "cw_l2",
+                lambda: cw_l2_accuracy(
+                    model,
+                    images[:n],
+                    labels[:n],
+                    config.cw_l2_eps,
+                    config.cw_l2_binary_search_steps,
+                    config.cw_l2_max_iterations,
+                    config.cw_l2_learning_rate,
+                    config.jit_compile,
+                ),
             )
         )
-    row["eval/seconds"] = time.time() - start
+    row["eval/seconds"] = stages.resumed_seconds + time.time() - start
     row["eval/num_examples"] = int(len(labels))
     row.update(_settings_columns(config))
     return row
+
+
+def weights_fingerprint(model) -> str | None:
+    """A SHA-256 of a model's weights (names, shapes, dtypes and values); None for a callable
+    without `weights`."""
+    weights = getattr(model, "weights", None)
+    if not weights:
+        return None
+    digest = hashlib.sha256()
+    for w in weights:
+        value = np.ascontiguousarray(keras.ops.convert_to_numpy(w))
+        digest.update(f"{getattr(w, 'path', w.name)}|{value.shape}|{value.dtype}|".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+def _json_settings(config) -> dict:
+    """An evaluation config as it reads back from JSON (tuples become lists)."""
+    items = {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in config.items()}
+    return json.loads(json.dumps(items, default=list))
+
+
+class EvalStages:
+    """The finished stages of one evaluation, saved after each so that a killed run resumes.
+
+    The file holds a key (the weights' fingerprint, temperature, dataset and every evaluation
+    setting) and each finished stage's columns. A stage found under the same key is reused, not
+    recomputed; a file under another key, or one that does not parse, is logged and replaced.
+    Stages are deterministic given the key (seeded attacks), so a resumed row equals an
+    uninterrupted one.
+    """
+
+    def __init__(self, path, model, temperature, dataset, config):
+        self.path = path
+        # resumed_seconds: the finished stages' time in earlier runs; saved_seconds adds this run's.
+        self.done, self.resumed_seconds, self.saved_seconds = {}, 0.0, 0.0
+        if not path:
+            return
+        fingerprint = weights_fingerprint(model)
+        if fingerprint is None:
+            logging.warning("resume_path %s ignored: the model has no weights to identify it", path)
+            self.path = None
+            return
+        self.key = {
+            "weights_sha256": fingerprint,
+            "temperature": float(temperature),
+            "dataset": dataset,
+            "settings": _json_settings(config),
+        }
+        if not os.path.exists(path):
+            return
+        try:
+            saved = read_json(path)
+            same = saved["key"] == self.key
+        except (ValueError, KeyError, TypeError) as e:
+            logging.warning("%s is not a saved evaluation (%s); starting over", path, e)
+            return
+        if not same:
+            logging.info("%s is from another model or other settings; starting over", path)
+            return
+        self.done = dict(saved["stages"])
+        self.resumed_seconds = self.saved_seconds = float(saved["seconds"])
+        logging.info("%s: resuming after the finished stages %s", path, list(self.done))
+
+    def run(self, name, compute) -> dict:
+        """`compute()`'s columns, or the saved ones of a stage finished before."""
+        if name in self.done:
+            logging.info("stage %r: reusing its saved columns", name)
+            return dict(self.done[name])
+        start = time.time()
+        out = compute()
+        if self.path:
+            self.done[name] = out
+            self.saved_seconds += time.time() - start
+            record = {"key": self.key, "stages": self.done, "seconds": self.saved_seconds}
+            atomic_write_json(self.path, record)
+        return out
 
 
 def _check_corruption_names(config) -> list:

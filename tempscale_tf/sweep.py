@@ -109,6 +109,8 @@ def _normalized(settings) -> dict:
 
 
 RESULT_FILES = ("config.json", "history.json", "metrics.json", "eval.json")
+# A cell's finished evaluation stages, while it evaluates (`evaluation.EvalStages`).
+EVAL_PARTIAL = "eval_partial.json"
 
 
 def committed_row(config, eval_config, results) -> dict | None:
@@ -208,6 +210,7 @@ def _run_cell(config, eval_config, workdir, progress=False) -> dict:
     if "diverged" in train_metrics:
         return read_json(eval_path)
     model, _ = training.load_run(workdir)
+    partial = os.path.join(workdir, EVAL_PARTIAL)
     row = evaluation.evaluate_model(
         model,
         config.temperature,
@@ -215,6 +218,7 @@ def _run_cell(config, eval_config, workdir, progress=False) -> dict:
         eval_config,
         data_dir=config.data_dir or None,
         progress=progress,
+        resume_path=partial,
     )
     row.update({k: config[k] for k in ROW_SETTINGS})
     row["train/accuracy"] = train_metrics.get("train/accuracy")
@@ -223,6 +227,8 @@ def _run_cell(config, eval_config, workdir, progress=False) -> dict:
     row["precision"] = run_precision(workdir)
     row["eval_settings"] = settings
     atomic_write_json(eval_path, row)
+    if os.path.exists(partial):
+        os.remove(partial)
     return row
 
 

@@ -89,6 +89,74 @@ def test_masking_gap_exposes_saturated_softmax(linear_digits_model):
     assert at_own_t["pgd20"] == pytest.approx(plain["pgd20"], abs=0.05)
 
 
+def test_killed_evaluation_resumes_after_its_last_finished_stage(
+    linear_digits_model, tmp_path, monkeypatch
+):
+    small = dict(num_examples=60, batch_size=60, autoattack_steps=3, autoattack_queries=20)
+    config = quick_eval(cw_l2_examples=4, steps=3, **small)
+    reference = evaluation.evaluate_model(
+        linear_digits_model, 2.0, "digits", config, progress=False
+    )
+    partial = tmp_path / "eval_partial.json"
+    calls = []
+
+    def counted(name, real, fail=False):
+        def stage(*args, **kwargs):
+            calls.append(name)
+            if fail:
+                raise KeyboardInterrupt(f"killed during {name}")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(evaluation, name, stage)
+
+    real_pgd, real_corruption = evaluation._pgd_columns, evaluation._corruption_columns
+    counted("_corruption_columns", real_corruption)
+    counted("_pgd_columns", real_pgd, fail=True)
+
+    def run(model=linear_digits_model, cfg=config):
+        return evaluation.evaluate_model(
+            model, 2.0, "digits", cfg, progress=False, resume_path=str(partial)
+        )
+
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    saved = json.loads(partial.read_text())
+    assert sorted(saved["stages"]) == ["clean", "corruption"] and saved["seconds"] > 0
+    # The rerun starts at the PGD stage: the corruptions are not recomputed.
+    counted("_pgd_columns", real_pgd)
+    calls.clear()
+    row = run()
+    assert calls == ["_pgd_columns"]
+    assert row["eval/seconds"] > saved["seconds"]
+    assert sorted(json.loads(partial.read_text())["stages"]) == [
+        "autoattack",
+        "clean",
+        "corruption",
+        "cw_l2",
+        "pgd",
+    ]
+    for key, value in reference.items():
+        if key != "eval/seconds":
+            assert row[key] == pytest.approx(value, nan_ok=True), key
+    # Other settings, other weights or a corrupt file: every stage is computed again.
+    for change in ("settings", "weights", "corrupt"):
+        calls.clear()
+        cfg, model = config, linear_digits_model
+        if change == "settings":
+            cfg = quick_eval(cw_l2_examples=4, steps=4, **small)
+        elif change == "weights":
+            model = keras.models.clone_model(linear_digits_model)
+            model.set_weights([w * 1.01 for w in linear_digits_model.get_weights()])
+        else:
+            partial.write_text('{"key": ')
+        run(model, cfg)
+        assert calls == ["_corruption_columns", "_pgd_columns"], change
+    # A model without weights cannot be identified: nothing is saved.
+    partial.unlink()
+    run(lambda images, training=False: linear_digits_model(images))
+    assert not partial.exists()
+
+
 def _threshold_model(images, training=False):
     """Class 1 iff pixel (0, 0, 0) > 0.5 (logits (0.5, pixel)); a callable like a Keras model."""
     pixel = tf.reshape(images[:, 0, 0, 0], [-1, 1])
@@ -159,6 +227,8 @@ def test_tiny_sweep_writes_table_and_resumes(tmp_path):
     mean, std = at_1["clean"].mean(), np.std(at_1["clean"], ddof=1)
     assert f"{mean:.3f} ± {std:.3f}" in text and "clean_std" not in text
     assert "Command: `pytest`" in text and "seeds=[0, 1]" in text and "eps=" in text
+    # Each finished cell deletes its stage record (evaluation.EvalStages).
+    assert not list((tmp_path / "runs").rglob(sweep.EVAL_PARTIAL))
     stamps = {p: p.stat().st_mtime for p in (tmp_path / "runs").rglob("eval.json")}
     sweep.run_sweep(config, str(tmp_path / "runs"), command="pytest")  # resumes: nothing to do
     assert stamps == {p: p.stat().st_mtime for p in (tmp_path / "runs").rglob("eval.json")}
