@@ -63,10 +63,12 @@ def get_config(arg=None):
         "iterator waiting for its autotuner thread; README, Performance); later cells do not.",
     ]
     if arg == "lr_x_t":
-        # Only where one learning rate does not train in 12 epochs: T=70 reached 0.20 and T=0.1
-        # collapsed to chance (its 1/T factor multiplies the step by 10); T = 1 is the same cell
-        # either way.
-        c.temperatures, c.extra_cells = [70.0, 0.1, 30.0, 10.0, 50.0, 100.0], [(70.0, 1)]
+        # Only where one learning rate does not train in 12 epochs: T=0.1 collapsed to chance
+        # (its 1/T factor multiplies the step by 10) and T = 30, 50, 70 and 100 reached 0.57,
+        # 0.39, 0.20 and 0.20. T = 1 is the same cell either way, and T = 10 trains (0.918)
+        # with one learning rate, so neither is repeated. One seed: the seed pairs the issue
+        # asks for are in the paper-protocol table.
+        c.temperatures, c.extra_cells = [70.0, 0.1, 30.0, 50.0, 100.0], []
     if arg == "smoke":
         c.train.epochs, c.train.train_subset, c.train.test_subset = 1, 256, 128
         c.eval.num_examples, c.eval.cw_l2_examples = 32, 4
