@@ -9,6 +9,7 @@ ratios are reported, never tested.
 
 Modules:
 
+  - `sections`: the benchmark groups' names (imports no TensorFlow);
   - `timing`: `time_call`, `time_interleaved` (variants timed in turns), `row`;
   - `train_step`: `bench_train_step`, the step `tempscale_tf.training.train` runs (built by
     `training.make_train_step`: weight decay, the distribution strategy, the optimizer's

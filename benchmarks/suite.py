@@ -12,17 +12,7 @@ from absl import logging
 
 from benchmarks import attacks as attack_bench
 from benchmarks import autoattack, flops, pipeline, train_step
-
-# The benchmark groups `run` can run (all by default).
-SECTIONS = (
-    "train_step",
-    "input_pipeline",
-    "attacks",
-    "autoattack",
-    "corruptions",
-    "iterator_teardown",
-    "onednn",
-)
+from benchmarks.sections import SECTIONS
 
 
 @dataclasses.dataclass

@@ -23,7 +23,7 @@ from tempscale_tf import cli  # noqa: E402
 
 cli.quiet_tensorflow()
 
-from benchmarks.suite import SECTIONS  # noqa: E402
+from benchmarks.sections import SECTIONS  # noqa: E402 (imports no TensorFlow)
 
 flags.DEFINE_bool("quick", False, "Tiny sizes (a smoke test of every benchmark).")
 flags.DEFINE_string("out", "tables/bench", "Output path without extension (.csv and .md).")
