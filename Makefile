@@ -27,9 +27,9 @@ format: install
 
 # Two pytest workers: much of a tiny-data test is single-threaded (TensorFlow's import in each
 # launcher subprocess, tracing), so two processes keep both cores busy. `worksteal` balances the
-# long end-to-end tests between them.
+# long end-to-end tests between them. The 20 slowest tests are listed at the end, for trimming.
 test: lint
-	$(PY) -m pytest -q -n 2 --dist worksteal
+	$(PY) -m pytest -q -n 2 --dist worksteal --durations=20
 
 test-slow: install
 	$(PY) -m pytest -q -m slow
