@@ -110,6 +110,12 @@ PROBES = [
     ("eval_negative_eps", "evaluate", ["--workdir={run}", "--eps=-0.1"], ["eps", "-0.1"]),
     ("eval_zero_steps", "evaluate", ["--workdir={run}", "--steps=0"], ["steps"]),
     ("eval_missing_run", "evaluate", ["--workdir={empty_dir}"], ["config.json"]),
+    (
+        "eval_two_sources",
+        "evaluate",
+        ["--workdir={run}", "--keras_model={a_file}"],
+        ["exactly one", "--workdir", "--keras_model"],
+    ),
     ("eval_missing_config", "evaluate", ["--workdir={run}", "--eval_config=nope.py"], ["nope.py"]),
     ("eval_bad_corruption", "evaluate", ["--workdir={run}", "--corruptions=smog"], ["smog"]),
 ]

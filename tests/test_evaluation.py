@@ -275,10 +275,7 @@ def test_evaluate_script(tmp_path):
     assert from_file["temperature"] == 3.0
     assert from_file["clean"] == row["clean"] and from_file["pgd20"] == row["pgd20"]
     assert not (keras_file.parent / "eval.json").exists()
-    bad = run_launcher("evaluate", f"--workdir={tmp_path / 'none'}")
-    assert bad.returncode == 2 and "config.json" in bad.stderr
-    both = run_launcher("evaluate", f"--workdir={tmp_path / 'run'}", f"--keras_model={keras_file}")
-    assert both.returncode == 2 and "exactly one" in both.stderr
+    # A missing run and two model sources at once: tests/test_bad_inputs.py.
 
 
 def test_sweep_commits_cells_and_skips_them_anywhere(tmp_path, monkeypatch):
