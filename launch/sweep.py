@@ -24,7 +24,10 @@ config_flags.DEFINE_config_file(
 )
 flags.DEFINE_string("workdir", None, "Root folder of the sweep's runs.")
 flags.DEFINE_bool("progress", False, "Per-epoch progress bars.")
-flags.DEFINE_integer("max_cells", 0, "Stop after finishing this many new cells (0: all).")
+flags.DEFINE_integer("max_cells", 0, "Run at most this many new cells (0: all).")
+flags.DEFINE_bool(
+    "assemble_only", False, "Train and evaluate nothing: rebuild the tables from finished cells."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
@@ -38,7 +41,7 @@ def main(argv):
         FLAGS.workdir,
         command=command,
         progress=FLAGS.progress,
-        max_cells=FLAGS.max_cells or None,
+        max_cells=0 if FLAGS.assemble_only else (FLAGS.max_cells or None),
     )
     for path in paths:
         print(f"Wrote {path}")

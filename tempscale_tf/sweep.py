@@ -392,9 +392,7 @@ def _table_notes(sweep_config, group) -> list[str]:
     notes = list(sweep_config.notes) + [COLUMNS_NOTE]
     if "train/seconds" in group and group["train/seconds"].notna().any():
         times = "; ".join(
-            f"T={r.temperature:g} s{int(r.seed)}"
-            + (f" {r['variant']}" if r.get("variant") else "")
-            + f": {r['train/seconds'] / 60:.1f} / {r['eval/seconds'] / 60:.1f}"
+            f"{_cell_label(r)}: {r['train/seconds'] / 60:.1f} / {r['eval/seconds'] / 60:.1f}"
             for _, r in group.sort_values(["temperature", "seed"]).iterrows()
             if pd.notna(r.get("train/seconds"))
         )
@@ -403,16 +401,44 @@ def _table_notes(sweep_config, group) -> list[str]:
         by_precision = "; ".join(
             f"{precision}: "
             + ", ".join(
-                f"T={r.temperature:g} s{int(r.seed)}"
-                + (f" {r['variant']}" if r.get("variant") else "")
-                for _, r in cells.sort_values(["temperature", "seed"]).iterrows()
+                _cell_label(r) for _, r in cells.sort_values(["temperature", "seed"]).iterrows()
             )
             for precision, cells in group.groupby("precision")
         )
         notes.append(
             f"Precision differs between cells (mixed_precision='auto' per machine): {by_precision}."
         )
+    unattacked = _unattacked_cells(group)
+    if unattacked:
+        notes.append(
+            "No attack changed a single prediction of "
+            + "; ".join(unattacked)
+            + ": the worst case equals the clean accuracy on the attacked images. For a model at "
+            "chance this is a constant (or gradient-free) classifier, not robustness: its "
+            "robustness columns measure nothing."
+        )
     return notes
+
+
+def _unattacked_cells(group) -> list[str]:
+    """The cells whose worst case equals their clean accuracy on the attacked images (> 0)."""
+    out = []
+    for _, r in group.sort_values(["temperature", "seed"]).iterrows():
+        clean = r.get("clean_attacked")
+        clean = r.get("clean") if clean is None or pd.isna(clean) else clean
+        worst = r.get("worst_case")
+        if worst is None or pd.isna(worst) or clean is None or pd.isna(clean) or clean <= 0:
+            continue
+        if abs(worst - clean) < 1e-9:
+            out.append(f"{_cell_label(r)} ({clean:.3f})")
+    return out
+
+
+def _cell_label(r) -> str:
+    """`T=70 s0`, with the variant's name if it has one."""
+    variant = r.get("variant")
+    variant = f" {variant}" if isinstance(variant, str) and variant else ""
+    return f"T={r.temperature:g} s{int(r.seed)}{variant}"
 
 
 def _corruption_setting(ev) -> str:
@@ -432,7 +458,9 @@ def run_sweep(sweep_config, root, command="", progress=False, max_cells=None) ->
       root: the sweep's workdir (one run folder per cell).
       command: the command line, recorded in the tables.
       progress: show progress bars.
-      max_cells: stop after this many new (not already finished) cells; None: all.
+      max_cells: run at most this many new (not already finished) cells and skip the other
+        unfinished ones; the tables hold every finished cell. 0: only rebuild the tables from
+        the finished cells. None: run every cell.
 
     Returns:
       the table paths written.
@@ -472,8 +500,9 @@ def run_sweep(sweep_config, root, command="", progress=False, max_cells=None) ->
             results is not None and committed_row(config, sweep_config.eval, results) is not None
         )
         if max_cells is not None and new >= max_cells and not finished:
-            logging.info("max_cells=%d reached; rerun to continue", max_cells)
-            break
+            # Skipped, not the end: a finished cell later in the order still enters the tables.
+            logging.info("cell %d/%d: not run (max_cells=%d)", i + 1, len(cells), max_cells)
+            continue
         logging.info("cell %d/%d: %s T=%g seed=%d", i + 1, len(cells), dataset, temperature, seed)
         row = run_cell(config, sweep_config.eval, workdir, progress, results)
         if variant:

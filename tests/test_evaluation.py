@@ -3,6 +3,7 @@
 import json
 
 import keras
+import ml_collections
 import numpy as np
 import pandas as pd
 import pytest
@@ -210,6 +211,16 @@ def test_tiny_sweep_writes_table_and_resumes(tmp_path):
 
     config = sweep_digits.get_config("tiny")
     config.table_dir = str(tmp_path / "tables")
+    runs_csv = tmp_path / "tables" / "table1_digits_small_cnn_runs.csv"
+    # One cell late in the order (T=30, seed 0); then the tables alone (max_cells=0) hold it,
+    # though the cell before it (T=1, seed 0) is unfinished.
+    only_30 = config.copy_and_resolve_references()
+    only_30.temperatures, only_30.seeds = [30.0], [0]
+    sweep.run_sweep(only_30, str(tmp_path / "runs"), command="pytest", max_cells=1)
+    runs_csv.unlink()
+    sweep.run_sweep(config, str(tmp_path / "runs"), command="pytest", max_cells=0)
+    assert pd.read_csv(runs_csv)[["temperature", "seed"]].values.tolist() == [[30.0, 0]]
+    assert not (tmp_path / "runs" / "digits_small_cnn_t1_s0").exists()
     paths = sweep.run_sweep(config, str(tmp_path / "runs"), command="pytest")
     md = tmp_path / "tables" / "table1_digits_small_cnn.md"
     assert str(md) in paths and md.exists()
@@ -383,3 +394,51 @@ def test_eval_settings_of_older_eval_json_still_match():
     assert sweep._normalized(older) == settings
     older["severities"] = "1,5"
     assert sweep._normalized(older) != settings
+
+
+def test_constant_classifier_is_flagged_not_robust():
+    """A constant model survives every attack (no prediction can change): its worst case equals
+    its clean accuracy, and the sweep's table notes call that out instead of robustness."""
+    model = keras.Sequential(
+        [keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(10)]
+    )
+    kernel, bias = model.layers[-1].get_weights()
+    model.layers[-1].set_weights([np.zeros_like(kernel), np.eye(10, dtype=np.float32)[3]])
+    config = quick_eval(num_examples=60, batch_size=60, steps=3, cw_l2_examples=4)
+    config.autoattack_steps, config.autoattack_queries, config.corruptions = 3, 20, ()
+    row = evaluation.evaluate_model(model, 70.0, "digits", config, progress=False)
+    _, y = evaluation.subset_arrays("digits", "test", None, 60)
+    assert row["clean"] == pytest.approx(np.mean(y == 3)) and row["clean"] > 0
+    for column in ("pgd20", "pgd20_ce_t1", "cw", "pgd20_dlr", "autoattack", "worst_case"):
+        assert row[column] == pytest.approx(row["clean"]), column
+    group = pd.DataFrame(
+        [
+            {
+                "temperature": 70.0,
+                "seed": 0,
+                "clean": 0.1,
+                "worst_case": row["worst_case"],
+                "clean_attacked": row["clean"],
+            },
+            {
+                "temperature": 1.0,
+                "seed": 0,
+                "clean": 0.93,
+                "worst_case": 0.0,
+                "clean_attacked": 0.93,
+            },
+            {
+                "temperature": 50.0,
+                "seed": 1,
+                "clean": 0.4,
+                "worst_case": 0.4,
+                "clean_attacked": float("nan"),
+                "variant": "w3",
+            },
+        ]
+    )
+    notes = sweep._table_notes(ml_collections.ConfigDict({"notes": []}), group)
+    flagged = [n for n in notes if n.startswith("No attack changed")]
+    assert len(flagged) == 1
+    assert f"T=70 s0 ({row['clean']:.3f})" in flagged[0] and "T=50 s1 w3 (0.400)" in flagged[0]
+    assert "T=1 " not in flagged[0]
