@@ -397,6 +397,8 @@ def _table_notes(sweep_config, group) -> list[str]:
             if pd.notna(r.get("train/seconds"))
         )
         notes.append(f"Wall time per cell, training / evaluation (minutes): {times}.")
+    if "precision" in group and group["precision"].nunique() == 1:
+        notes.append(f"Precision: {group['precision'].iloc[0]} in every cell.")
     if "precision" in group and group["precision"].nunique() > 1:
         by_precision = "; ".join(
             f"{precision}: "
