@@ -381,15 +381,15 @@ def evaluate_model(
 
 
 def weights_fingerprint(model) -> str | None:
-    """A SHA-256 of a model's weights (names, shapes, dtypes and values); None for a callable
-    without `weights`."""
+    """A SHA-256 of a model's weights (in order: shapes, dtypes and values; not their names,
+    which Keras numbers per process); None for a callable without `weights`."""
     weights = getattr(model, "weights", None)
     if not weights:
         return None
     digest = hashlib.sha256()
     for w in weights:
         value = np.ascontiguousarray(keras.ops.convert_to_numpy(w))
-        digest.update(f"{getattr(w, 'path', w.name)}|{value.shape}|{value.dtype}|".encode())
+        digest.update(f"{value.shape}|{value.dtype}|".encode())
         digest.update(value.tobytes())
     return digest.hexdigest()
 

@@ -123,10 +123,16 @@ def test_killed_evaluation_resumes_after_its_last_finished_stage(
         run()
     saved = json.loads(partial.read_text())
     assert sorted(saved["stages"]) == ["clean", "corruption"] and saved["seconds"] > 0
-    # The rerun starts at the PGD stage: the corruptions are not recomputed.
+    # The rerun starts at the PGD stage: the corruptions are not recomputed. It gets a copy of
+    # the model, as a new process would rebuild it: the same weights under other layer names.
+    copy = keras.Sequential(
+        [keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(10)]
+    )
+    copy.set_weights(linear_digits_model.get_weights())
+    assert copy.weights[0].path != linear_digits_model.weights[0].path
     counted("_pgd_columns", real_pgd)
     calls.clear()
-    row = run()
+    row = run(copy)
     assert calls == ["_pgd_columns"]
     assert row["eval/seconds"] > saved["seconds"]
     assert sorted(json.loads(partial.read_text())["stages"]) == [
