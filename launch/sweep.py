@@ -35,7 +35,9 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    command = cli.command_line()
+    # An --assemble_only rebuild records the command that trains and evaluates the cells it
+    # assembles (the same command without the flag), not the rebuild.
+    command = cli.command_line(drop=("assemble_only",) if FLAGS.assemble_only else ())
     paths = sweep.run_sweep(
         FLAGS.config,
         FLAGS.workdir,

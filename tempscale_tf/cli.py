@@ -18,12 +18,25 @@ _OVERRIDES: dict[str, str] = {}
 _BOOL_OR_AUTO = ("mixed_precision",)
 
 
-def command_line() -> str:
-    """This process's command as a user would type it (recorded in results tables)."""
+def command_line(drop: tuple[str, ...] = (), argv: list[str] | None = None) -> str:
+    """This process's command as a user would type it (recorded in results tables).
+
+    Args:
+      drop: flag names (without dashes) left out of the recorded command, in any of their
+        spellings (`--name`, `--name=value`, `--noname`, `-name`).
+      argv: the arguments (default `sys.argv`).
+    """
     import shlex
     import sys
 
-    return "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    args = list(sys.argv if argv is None else argv)
+
+    def dropped(arg: str) -> bool:
+        name = arg.lstrip("-").split("=", 1)[0]
+        return arg.startswith("-") and any(name in (d, "no" + d) for d in drop)
+
+    kept = args[:1] + [a for a in args[1:] if not dropped(a)]
+    return "python " + " ".join(shlex.quote(a) for a in kept)
 
 
 def run(main) -> None:

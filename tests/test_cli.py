@@ -103,3 +103,20 @@ def test_demo_writes_under_its_workdir_and_leaves_the_checkout_clean(tmp_path, r
     assert ((frame["clean_accuracy"] >= 0) & (frame["clean_accuracy"] <= 1)).all()
     both = run_launcher("demo", "--update_committed", "--table=x", f"--workdir={tmp_path}")
     assert both.returncode == 2 and "--update_committed" in both.stderr
+
+
+def test_command_line_drops_named_flags_in_every_spelling():
+    from tempscale_tf import cli
+
+    argv = ["launch/sweep.py", "--config=c.py", "--assemble_only", "--workdir=w x", "-max_cells=1"]
+    assert cli.command_line(argv=argv) == (
+        "python launch/sweep.py --config=c.py --assemble_only '--workdir=w x' -max_cells=1"
+    )
+    spellings = ("--assemble_only", "--assemble_only=true", "--noassemble_only", "-assemble_only")
+    for spelling in spellings:
+        argv[2] = spelling
+        got = cli.command_line(drop=("assemble_only", "max_cells"), argv=argv)
+        assert got == "python launch/sweep.py --config=c.py '--workdir=w x'"
+    # A flag whose name only starts with a dropped one stays.
+    argv[2] = "--assemble_only_extra=1"
+    assert "--assemble_only_extra=1" in cli.command_line(drop=("assemble_only",), argv=argv)
