@@ -2,6 +2,8 @@ r"""Train and evaluate a grid of temperatures x datasets x seeds; assemble the T
 
   python launch/sweep.py --config=configs/sweep_cifar10_cpu.py --workdir=runs/sweep_c10_cpu
   python launch/sweep.py --config=configs/sweep_digits.py:tiny --workdir=/tmp/sweep
+  python launch/sweep.py --config=configs/sweep_cifar10_fast_at.py --workdir=runs/sweep_c10_fast_at \
+      --only='*_madry_eps12' --max_cells=1   # one chosen cell, out of the sweep's order
 
 Resumable: a cell whose `eval.json` exists (with the same evaluation settings) is skipped, a cell
 whose training was interrupted resumes from its checkpoint. After every finished cell the tables
@@ -25,6 +27,12 @@ config_flags.DEFINE_config_file(
 flags.DEFINE_string("workdir", None, "Root folder of the sweep's runs.")
 flags.DEFINE_bool("progress", False, "Per-epoch progress bars.")
 flags.DEFINE_integer("max_cells", 0, "Run at most this many new cells (0: all).")
+flags.DEFINE_list(
+    "only",
+    [],
+    "Run only the unfinished cells whose folder name matches one of these fnmatch patterns "
+    "(e.g. '*_t70_s1,*_madry_eps12'), in the sweep's order; the tables hold every finished cell.",
+)
 flags.DEFINE_bool(
     "assemble_only", False, "Train and evaluate nothing: rebuild the tables from finished cells."
 )
@@ -37,13 +45,14 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     # An --assemble_only rebuild records the command that trains and evaluates the cells it
     # assembles (the same command without the flag), not the rebuild.
-    command = cli.command_line(drop=("assemble_only",) if FLAGS.assemble_only else ())
+    command = cli.command_line(drop=("assemble_only", "only") if FLAGS.assemble_only else ())
     paths = sweep.run_sweep(
         FLAGS.config,
         FLAGS.workdir,
         command=command,
         progress=FLAGS.progress,
         max_cells=0 if FLAGS.assemble_only else (FLAGS.max_cells or None),
+        only=FLAGS.only,
     )
     for path in paths:
         print(f"Wrote {path}")

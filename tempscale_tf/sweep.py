@@ -24,6 +24,7 @@ A sweep config (`configs/sweep_*.py`) is a `ConfigDict` with:
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import shutil
@@ -452,7 +453,7 @@ def _corruption_setting(ev) -> str:
     return f"{len(names)} corruptions x severities {severities}, {source}"
 
 
-def run_sweep(sweep_config, root, command="", progress=False, max_cells=None) -> list[str]:
+def run_sweep(sweep_config, root, command="", progress=False, max_cells=None, only=()) -> list[str]:
     """Run every cell (skipping finished ones) and rewrite the tables after each cell.
 
     Args:
@@ -463,6 +464,9 @@ def run_sweep(sweep_config, root, command="", progress=False, max_cells=None) ->
       max_cells: run at most this many new (not already finished) cells and skip the other
         unfinished ones; the tables hold every finished cell. 0: only rebuild the tables from
         the finished cells. None: run every cell.
+      only: fnmatch patterns of cell folder names (e.g. `*_t70_s1`, `*_madry_eps12`): run only
+        the unfinished cells that match one, in the sweep's order (the tables still hold every
+        finished cell). A pattern that matches no cell of the sweep is an error. Empty: all.
 
     Returns:
       the table paths written.
@@ -488,10 +492,20 @@ def run_sweep(sweep_config, root, command="", progress=False, max_cells=None) ->
         for d in sweep_config.datasets
     ]
     results_root = sweep_config.get("results_dir", "")
+    configs = [_cell_config(sweep_config.train, d, t, s, o) for d, t, s, _, o in cells]
+    names = [
+        os.path.basename(cell_dir("", d, c.model, t, s, v))
+        for (d, t, s, v, _), c in zip(cells, configs)
+    ]
+    only = tuple(only or ())
+    for pattern in only:
+        if not fnmatch.filter(names, pattern):
+            raise ValueError(f"cell pattern {pattern!r} matches none of the sweep's cells {names}")
     rows, paths, new = [], [], 0
     start = time.time()
     for i, (dataset, temperature, seed, variant, overrides) in enumerate(cells):
-        config = _cell_config(sweep_config.train, dataset, temperature, seed, overrides)
+        config = configs[i]
+        chosen = not only or any(fnmatch.fnmatchcase(names[i], p) for p in only)
         workdir = cell_dir(root, dataset, config.model, temperature, seed, variant)
         results = (
             cell_dir(results_root, dataset, config.model, temperature, seed, variant)
@@ -501,6 +515,9 @@ def run_sweep(sweep_config, root, command="", progress=False, max_cells=None) ->
         finished = os.path.exists(os.path.join(workdir, "eval.json")) or (
             results is not None and committed_row(config, sweep_config.eval, results) is not None
         )
+        if not finished and not chosen:
+            logging.info("cell %d/%d: %s not run (not in --only)", i + 1, len(cells), names[i])
+            continue
         if max_cells is not None and new >= max_cells and not finished:
             # Skipped, not the end: a finished cell later in the order still enters the tables.
             logging.info("cell %d/%d: not run (max_cells=%d)", i + 1, len(cells), max_cells)

@@ -1,6 +1,7 @@
 """Evaluation columns, gradient-masking diagnostics, the sweep and the evaluate script."""
 
 import json
+import os
 
 import keras
 import ml_collections
@@ -448,3 +449,40 @@ def test_constant_classifier_is_flagged_not_robust():
     assert len(flagged) == 1
     assert f"T=70 s0 ({row['clean']:.3f})" in flagged[0] and "T=50 s1 w3 (0.400)" in flagged[0]
     assert "T=1 " not in flagged[0]
+
+
+def test_sweep_only_runs_the_matching_unfinished_cells(tmp_path, monkeypatch):
+    """`only` picks cells by folder-name pattern, in the sweep's order; finished cells outside
+    it still enter the tables; a pattern that matches nothing is an error, not a no-op."""
+    import configs.sweep_digits as sweep_digits
+
+    config = sweep_digits.get_config("tiny")
+    config.temperatures, config.seeds = [1.0, 30.0], [0]
+    config.extra_cells = [(30.0, 1)]
+    config.variants = [{"name": "w3", "temperature": 1.0, "seed": 0, "overrides": {}}]
+    ran, tabled = [], []
+    monkeypatch.setattr(
+        sweep,
+        "run_cell",
+        lambda config, eval_config, workdir, progress, results: (
+            ran.append(os.path.basename(workdir)) or {"workdir": workdir}
+        ),
+    )
+    monkeypatch.setattr(
+        sweep,
+        "assemble_tables",
+        lambda rows, c, command: tabled.append([os.path.basename(r["workdir"]) for r in rows])
+        or [],
+    )
+    root = tmp_path / "runs"
+    sweep.run_sweep(config, str(root), only=["*_s0_w3", "*_t30_s1"])
+    assert ran == ["digits_small_cnn_t30_s1", "digits_small_cnn_t1_s0_w3"]
+    # A finished cell (its eval.json) outside the patterns is read into the tables again.
+    (root / "digits_small_cnn_t1_s0").mkdir(parents=True)
+    (root / "digits_small_cnn_t1_s0" / "eval.json").write_text("{}")
+    ran.clear()
+    sweep.run_sweep(config, str(root), only=["*_t30_s1"], max_cells=1)
+    assert ran == ["digits_small_cnn_t1_s0", "digits_small_cnn_t30_s1"]
+    assert tabled[-1] == ran
+    with pytest.raises(ValueError, match="'\\*_t70_s0' matches none"):
+        sweep.run_sweep(config, str(root), only=["*_t70_s0"])
