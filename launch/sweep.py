@@ -2,7 +2,7 @@ r"""Train and evaluate a grid of temperatures x datasets x seeds; assemble the T
 
   python launch/sweep.py --config=configs/sweep_cifar10_cpu.py --workdir=runs/sweep_c10_cpu
   python launch/sweep.py --config=configs/sweep_digits.py:tiny --workdir=/tmp/sweep
-  python launch/sweep.py --config=configs/sweep_cifar10_fast_at.py --workdir=runs/sweep_c10_fast_at \
+  python launch/sweep.py --config=configs/sweep_cifar10_fast_at.py --workdir=runs/c10_at \
       --only='*_madry_eps12' --max_cells=1   # one chosen cell, out of the sweep's order
 
 Resumable: a cell whose `eval.json` exists (with the same evaluation settings) is skipped, a cell
