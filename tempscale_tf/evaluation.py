@@ -40,6 +40,7 @@ from tempscale_tf import corruptions
 from tempscale_tf import data as data_lib
 from tempscale_tf.attacks.common import predictions
 from tempscale_tf.files import atomic_write_json, read_json
+from tempscale_tf.progress import Progress
 from tempscale_tf.validation import check_temperature
 
 # The paper's column order, then the diagnostics.
@@ -166,7 +167,7 @@ def corruption_accuracy(
       dict with `corruption` (the mean) and `corruption/<name>/<severity>` accuracies.
     """
     results = {}
-    bar = keras.utils.Progbar(len(names) * len(severities), verbose=1 if progress else 0)
+    bar = Progress(len(names) * len(severities), "corruptions x severities", bar=progress)
     for i, name in enumerate(names):
         per_severity = []
         for j, severity in enumerate(severities):
@@ -448,7 +449,9 @@ class EvalStages:
             logging.info("stage %r: reusing its saved columns", name)
             return dict(self.done[name])
         start = time.time()
+        logging.info("stage %r: started", name)
         out = compute()
+        logging.info("stage %r: done in %.0f s", name, time.time() - start)
         if self.path:
             self.done[name] = out
             self.saved_seconds += time.time() - start

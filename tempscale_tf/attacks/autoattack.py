@@ -19,7 +19,6 @@ import threading
 import time
 from typing import NamedTuple
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -33,6 +32,7 @@ from tempscale_tf.attacks.common import (
 from tempscale_tf.attacks.ensemble import worst_case
 from tempscale_tf.attacks.fab import fab
 from tempscale_tf.attacks.square import square_attack
+from tempscale_tf.progress import Progress
 from tempscale_tf.validation import check_positive_int
 
 __all__ = ["ATTACK_NAMES", "AutoAttackResult", "autoattack", "autoattack_attacks"]
@@ -255,7 +255,7 @@ def autoattack(
         `autoattack_attacks`).
       seed: int seed shared by all attacks.
       batch_size: examples per batch; None: all at once.
-      progress: show a `keras.utils.Progbar` over the batches.
+      progress: show a `keras.utils.Progbar` over the batches; else log the rate and ETA.
       strategy: optional `tf.distribute.Strategy`: each batch is split between its replicas,
         which attack their share on their own device (each example is attacked on its own,
         so the numbers do not depend on the strategy up to floating-point differences).
@@ -294,8 +294,11 @@ def autoattack(
     clean_correct = np.zeros(n, bool)
     fooled_by = np.full(n, -1, np.int32)
     num_batches = -(-n // batch_size)
-    bar = keras.utils.Progbar(
-        num_batches, stateful_metrics=["clean_acc", "robust_acc"], verbose=1 if progress else 0
+    bar = Progress(
+        num_batches,
+        f"AutoAttack {version} batches",
+        bar=progress,
+        stateful_metrics=["clean_acc", "robust_acc"],
     )
     for b in range(num_batches):
         part = slice(b * batch_size, min((b + 1) * batch_size, n))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 from typing import Callable, NamedTuple, Sequence
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -27,6 +26,7 @@ from tempscale_tf.attacks.common import (
 )
 from tempscale_tf.attacks.pgd import pgd
 from tempscale_tf.distribute import distribute_dataset
+from tempscale_tf.progress import Progress
 from tempscale_tf.validation import check_positive_int, check_temperature
 
 __all__ = [
@@ -394,7 +394,8 @@ def robust_accuracy_dataset(
       dataset: a batched `tf.data.Dataset` of (images `[batch, ...]`, int labels `[batch]`).
       attacks: (name, attack) pairs, as for `worst_case`.
       strategy: optional `tf.distribute.Strategy`.
-      progress: show a `keras.utils.Progbar` (clean and robust accuracy so far).
+      progress: show a `keras.utils.Progbar` (clean and robust accuracy so far); else log
+        the rate, ETA and accuracies about once a minute.
       individual, eps, norm, pad_to_bucket: as for `worst_case`.
 
     Returns:
@@ -414,10 +415,11 @@ def robust_accuracy_dataset(
         }
 
     cardinality = int(dataset.cardinality())
-    bar = keras.utils.Progbar(
+    bar = Progress(
         cardinality if cardinality > 0 else None,
+        f"{len(attacks)} attacks, batches",
+        bar=progress,
         stateful_metrics=["clean_acc", "robust_acc"],
-        verbose=1 if progress else 0,
     )
     num_attacks = len(attacks)
     n = clean = robust = 0
