@@ -63,9 +63,10 @@ def get_config(arg=None):
     c.results_dir = f"tables/runs/{c.table_prefix}" if arg != "smoke" else ""
     c.reference_rows = []
     c.notes = [
-        "Model: the fast CIFAR-10 recipe (tempscale_tf.models.fast, 1.97M parameters, bfloat16 "
-        "on this CPU) adversarially trained for 8 epochs with PGD-2 inside each step, instead of "
-        "the paper's ResNet50/ViT for 200 epochs.",
+        "Model: the fast CIFAR-10 recipe (tempscale_tf.models.fast, 1.97M parameters; bfloat16 "
+        "on CPUs with AVX512-BF16, float32 on the others: see the precision note) adversarially "
+        "trained for 8 epochs with PGD-2 inside each step, instead of the paper's ResNet50/ViT "
+        "for 200 epochs.",
         "One learning rate at every T, as in the paper (the adversarial term is plain CE, so "
         "training does not stall at high T).",
         "Rows with a variant are the T = 1 equal-accuracy control: adv_weight w in {0.5, 1, 3}, "
@@ -73,6 +74,11 @@ def get_config(arg=None):
         "(madry_eps12; evaluated at 8/255 like every row). tables/figures/table3_v2_tradeoff.png "
         "plots clean against worst-case accuracy for every run.",
     ]
+    c.notes.append(
+        "Wall times depend on the machine more than on the cell: 2-core machines, bfloat16 with "
+        "AVX512-BF16, float32 on AVX2-only EPYCs (about 3x slower to train). Evaluation grows "
+        "with robustness: AutoAttack's later attacks run only on the images still robust."
+    )
     if arg == "smoke":
         c.variants = [c.variants[0]]
     return c
