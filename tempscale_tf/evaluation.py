@@ -292,6 +292,7 @@ def autoattack_columns(model, images, labels, temperature, config, row, progress
         out["autoattack"] = float(result.robust_accuracy)
         for name, value in result.per_attack.items():
             out[f"autoattack/{name}"] = float(value)
+            out[f"eval/seconds/autoattack/{name}"] = float(result.seconds[name])
         robust = np.asarray(result.robust, bool)
         survivors = int(robust.sum())
         if survivors:
@@ -450,8 +451,9 @@ class EvalStages:
             return dict(self.done[name])
         start = time.time()
         logging.info("stage %r: started", name)
-        out = compute()
-        logging.info("stage %r: done in %.0f s", name, time.time() - start)
+        out = dict(compute())
+        out[f"eval/seconds/{name}"] = seconds = time.time() - start
+        logging.info("stage %r: done in %.0f s", name, seconds)
         if self.path:
             self.done[name] = out
             self.saved_seconds += time.time() - start

@@ -144,8 +144,15 @@ def test_killed_evaluation_resumes_after_its_last_finished_stage(
         "pgd",
     ]
     for key, value in reference.items():
-        if key != "eval/seconds":
+        if not key.startswith("eval/seconds"):
             assert row[key] == pytest.approx(value, nan_ok=True), key
+    # Each stage's time (the reused ones from the first run), and each AutoAttack attack's.
+    stage_seconds = [row[f"eval/seconds/{s}"] for s in ("clean", "corruption", "pgd", "cw_l2")]
+    assert all(t >= 0 for t in stage_seconds) and sum(stage_seconds) < row["eval/seconds"]
+    assert row["eval/seconds/clean"] == saved["stages"]["clean"]["eval/seconds/clean"]
+    assert sorted(k for k in row if k.startswith("eval/seconds/autoattack/")) == [
+        f"eval/seconds/autoattack/{a}" for a in ("apgd-ce", "apgd-t", "fab-t", "square")
+    ]
     # Other settings, other weights or a corrupt file: every stage is computed again.
     for change in ("settings", "weights", "corrupt"):
         calls.clear()
