@@ -456,7 +456,7 @@ class EvalStages:
         logging.info("stage %r: done in %.0f s", name, seconds)
         if self.path:
             self.done[name] = out
-            self.saved_seconds += time.time() - start
+            self.saved_seconds += seconds
             record = {"key": self.key, "stages": self.done, "seconds": self.saved_seconds}
             atomic_write_json(self.path, record)
         return out

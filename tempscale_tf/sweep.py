@@ -499,24 +499,20 @@ def run_sweep(sweep_config, root, command="", progress=False, max_cells=None, on
     ]
     only = tuple(only or ())
     for pattern in only:
-        if not fnmatch.filter(names, pattern):
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
             raise ValueError(f"cell pattern {pattern!r} matches none of the sweep's cells {names}")
     rows, paths, new = [], [], 0
     start = time.time()
     for i, (dataset, temperature, seed, variant, overrides) in enumerate(cells):
         config = configs[i]
         chosen = not only or any(fnmatch.fnmatchcase(names[i], p) for p in only)
-        workdir = cell_dir(root, dataset, config.model, temperature, seed, variant)
-        results = (
-            cell_dir(results_root, dataset, config.model, temperature, seed, variant)
-            if results_root
-            else None
-        )
+        workdir = os.path.join(root, names[i])
+        results = os.path.join(results_root, names[i]) if results_root else None
         finished = os.path.exists(os.path.join(workdir, "eval.json")) or (
             results is not None and committed_row(config, sweep_config.eval, results) is not None
         )
         if not finished and not chosen:
-            logging.info("cell %d/%d: %s not run (not in --only)", i + 1, len(cells), names[i])
+            logging.info("cell %d/%d: %s not run (not chosen)", i + 1, len(cells), names[i])
             continue
         if max_cells is not None and new >= max_cells and not finished:
             # Skipped, not the end: a finished cell later in the order still enters the tables.
