@@ -252,13 +252,15 @@ def pgd_attacks(temperature, config):
     )
 
 
-def autoattack_columns(model, images, labels, temperature, config, row, progress=True) -> dict:
+def autoattack_columns(
+    model, images, labels, temperature, config, row, progress=True, stages=None
+) -> dict:
     """`autoattack`, `autoattack/<attack>`, `worst_case` and `masking_gap` for one model.
 
-    AutoAttack runs on every example (early exit inside); the PGD ensemble of
-    `attacks.default_attacks` is then run again only on the AutoAttack survivors, so `worst_case`
-    counts the examples robust to both. Needs `row["pgd20"]` (and `row["worst_case_pgd"]` when
-    AutoAttack is off).
+    AutoAttack runs on every example (early exit inside), one batch of `config.batch_size` at a
+    time; the PGD ensemble of `attacks.default_attacks` is then run again only on the AutoAttack
+    survivors, so `worst_case` counts the examples robust to both. Needs `row["pgd20"]` (and
+    `row["worst_case_pgd"]` when AutoAttack is off).
 
     Args:
       model: the classifier.
@@ -267,41 +269,92 @@ def autoattack_columns(model, images, labels, temperature, config, row, progress
       temperature: the training temperature (the PGD-CE attacks use it).
       config: the evaluation config (`default_eval_config()`).
       row: the columns computed so far.
-      progress: log progress.
+      progress: show a progress bar; else log the rate and ETA.
+      stages: optional `EvalStages`: each AutoAttack batch is saved as a part of the
+        "autoattack" stage, and the batches a killed run finished are not attacked again.
     """
     out = {}
     if not config.autoattack:
         out["worst_case"] = row["worst_case_pgd"]
     else:
-        import tensorflow as tf
-
-        result = attacks_lib.autoattack(
-            model,
-            tf.constant(images),
-            tf.constant(labels),
-            config.eps,
-            norm="linf",
-            version=config.autoattack,
-            seed=config.seed,
-            batch_size=config.batch_size,
-            progress=progress,
-            steps=config.autoattack_steps,
-            queries=config.autoattack_queries,
-            jit_compile=config.jit_compile,
+        n = len(labels)
+        batch_size = max(min(int(config.batch_size), n), 1)
+        num_batches = -(-n // batch_size)
+        clean_correct, fooled_by = np.zeros(n, bool), np.full(n, -1, np.int32)
+        names, seconds = None, {}
+        # The rate and ETA count only the batches attacked in this run.
+        saved = {int(b) for b in stages.parts.get("autoattack", {})} if stages else set()
+        saved &= set(range(num_batches))
+        if saved:
+            logging.info("AutoAttack: reusing %d saved batches of %d", len(saved), num_batches)
+        bar = Progress(
+            num_batches - len(saved),
+            f"AutoAttack {config.autoattack} batches",
+            bar=progress,
+            stateful_metrics=["clean_acc", "robust_acc"],
         )
-        out["autoattack"] = float(result.robust_accuracy)
-        for name, value in result.per_attack.items():
+        attacked = 0
+        for b in range(num_batches):
+            part = slice(b * batch_size, min((b + 1) * batch_size, n))
+
+            def attack_batch(part=part):
+                return _autoattack_batch(model, images[part], labels[part], config)
+
+            record = stages.run_part("autoattack", b, attack_batch) if stages else attack_batch()
+            clean_correct[part] = record["clean_correct"]
+            fooled_by[part] = record["fooled_by"]
+            names = tuple(record["attacks"])
+            for name, value in record["seconds"].items():
+                seconds[name] = seconds.get(name, 0.0) + float(value)
+            if b in saved:
+                continue
+            attacked += 1
+            done = clean_correct[: part.stop]
+            robust_so_far = done & (fooled_by[: part.stop] < 0)
+            bar.update(
+                attacked,
+                values=[("clean_acc", float(done.mean())), ("robust_acc", robust_so_far.mean())],
+            )
+        robust = clean_correct & (fooled_by < 0)
+        out["autoattack"] = float(robust.sum()) / max(n, 1)
+        per_attack = attacks_lib.per_attack_accuracy(clean_correct, fooled_by, names)
+        for name, value in per_attack.items():
             out[f"autoattack/{name}"] = float(value)
-            out[f"eval/seconds/autoattack/{name}"] = float(result.seconds[name])
-        robust = np.asarray(result.robust, bool)
+            out[f"eval/seconds/autoattack/{name}"] = float(seconds[name])
         survivors = int(robust.sum())
         if survivors:
             pgd_list = pgd_attacks(temperature, config)
             both = attacks_lib.worst_case(model, images[robust], labels[robust], pgd_list)
             survivors = int(np.sum(both.robust))
-        out["worst_case"] = survivors / max(len(labels), 1)
+        out["worst_case"] = survivors / max(n, 1)
     out["masking_gap"] = row["pgd20"] - out["worst_case"]
     return out
+
+
+def _autoattack_batch(model, images, labels, config) -> dict:
+    """AutoAttack on one batch, as a JSON-able record (one part of the "autoattack" stage)."""
+    import tensorflow as tf
+
+    result = attacks_lib.autoattack(
+        model,
+        tf.constant(images),
+        tf.constant(labels),
+        config.eps,
+        norm="linf",
+        version=config.autoattack,
+        seed=config.seed,
+        batch_size=None,
+        progress=None,
+        steps=config.autoattack_steps,
+        queries=config.autoattack_queries,
+        jit_compile=config.jit_compile,
+    )
+    return {
+        "clean_correct": np.asarray(result.clean_correct, bool).tolist(),
+        "fooled_by": np.asarray(result.fooled_by, int).tolist(),
+        "attacks": list(result.attacks),
+        "seconds": {name: float(value) for name, value in result.seconds.items()},
+    }
 
 
 def evaluate_model(
@@ -353,7 +406,9 @@ def evaluate_model(
     row.update(
         stages.run(
             "autoattack",
-            lambda: autoattack_columns(model, images, labels, temperature, config, row, progress),
+            lambda: autoattack_columns(
+                model, images, labels, temperature, config, row, progress, stages
+            ),
         )
     )
     logging.info(
@@ -408,14 +463,18 @@ class EvalStages:
     The file holds a key (the weights' fingerprint, temperature, dataset and every evaluation
     setting) and each finished stage's columns. A stage found under the same key is reused, not
     recomputed; a file under another key, or one that does not parse, is logged and replaced.
-    Stages are deterministic given the key (seeded attacks), so a resumed row equals an
-    uninterrupted one.
+    A long stage can also save its finished parts (`run_part`: AutoAttack saves each batch), so
+    a run killed inside it loses at most the part it was on. Stages and parts are deterministic
+    given the key (seeded attacks), so a resumed row equals an uninterrupted one.
     """
 
     def __init__(self, path, model, temperature, dataset, config):
         self.path = path
-        # resumed_seconds: the finished stages' time in earlier runs; saved_seconds adds this run's.
+        # resumed_seconds: the finished stages' (and parts') time in earlier runs; saved_seconds
+        # adds this run's.
         self.done, self.resumed_seconds, self.saved_seconds = {}, 0.0, 0.0
+        # parts: {stage: {str(part index): record}} of the stages not finished yet.
+        self.parts = {}
         if not path:
             return
         fingerprint = weights_fingerprint(model)
@@ -441,25 +500,56 @@ class EvalStages:
             logging.info("%s is from another model or other settings; starting over", path)
             return
         self.done = dict(saved["stages"])
+        self.parts = {name: dict(parts) for name, parts in saved.get("parts", {}).items()}
         self.resumed_seconds = self.saved_seconds = float(saved["seconds"])
         logging.info("%s: resuming after the finished stages %s", path, list(self.done))
+        for name, parts in self.parts.items():
+            logging.info("%s: stage %r has %d finished parts", path, name, len(parts))
 
     def run(self, name, compute) -> dict:
         """`compute()`'s columns, or the saved ones of a stage finished before."""
         if name in self.done:
             logging.info("stage %r: reusing its saved columns", name)
             return dict(self.done[name])
-        start = time.time()
+        start, saved_before = time.time(), self.saved_seconds
+        # The time of this stage's parts that earlier runs finished (counted in saved_seconds).
+        earlier = sum(part["seconds"] for part in self.parts.get(name, {}).values())
         logging.info("stage %r: started", name)
         out = dict(compute())
-        out[f"eval/seconds/{name}"] = seconds = time.time() - start
+        elapsed = time.time() - start
+        out[f"eval/seconds/{name}"] = seconds = earlier + elapsed
         logging.info("stage %r: done in %.0f s", name, seconds)
         if self.path:
             self.done[name] = out
-            self.saved_seconds += seconds
-            record = {"key": self.key, "stages": self.done, "seconds": self.saved_seconds}
-            atomic_write_json(self.path, record)
+            self.parts.pop(name, None)
+            # This run's parts of the stage were added as they finished; `elapsed` holds them.
+            self.saved_seconds = saved_before + elapsed
+            self._save()
         return out
+
+    def run_part(self, name, index, compute) -> dict:
+        """Part `index` of stage `name` (a JSON-able dict from `compute()`), or its saved copy.
+
+        Call it inside `run(name, ...)`: each part is saved as it finishes, and the parts are
+        dropped from the file when the whole stage is saved.
+        """
+        parts = self.parts.setdefault(name, {})
+        if str(index) in parts:
+            return dict(parts[str(index)]["record"])
+        start = time.time()
+        record = dict(compute())
+        seconds = time.time() - start
+        if self.path:
+            parts[str(index)] = {"record": record, "seconds": seconds}
+            self.saved_seconds += seconds
+            self._save()
+        return record
+
+    def _save(self):
+        record = {"key": self.key, "stages": self.done, "seconds": self.saved_seconds}
+        if any(self.parts.values()):
+            record["parts"] = {name: parts for name, parts in self.parts.items() if parts}
+        atomic_write_json(self.path, record)
 
 
 def _check_corruption_names(config) -> list:

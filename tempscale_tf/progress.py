@@ -20,7 +20,8 @@ class Progress:
     Args:
       total: the number of steps, or None when unknown (no ETA).
       label: what is counted, at the start of each log line (e.g. "AutoAttack").
-      bar: show a `keras.utils.Progbar` (and log nothing); else log.
+      bar: True: show a `keras.utils.Progbar` (and log nothing); False: log; None: neither
+        (a caller that reports the progress itself).
       stateful_metrics: names whose value is the running value, not averaged (as in Progbar);
         in log lines every value is shown as given.
       log_every_s: at most one log line per this many seconds (and always the last step).
@@ -33,6 +34,7 @@ class Progress:
         self.total, self.label, self.log_every_s = total, label, float(log_every_s)
         self.clock = clock or time.monotonic
         self.start = self.last_log = self.clock()
+        self.silent = bar is None
         self.bar = (
             keras.utils.Progbar(total, stateful_metrics=stateful_metrics, verbose=1)
             if bar
@@ -41,6 +43,8 @@ class Progress:
         self.lines = []  # the log lines written (for tests and callers)
 
     def update(self, step, values=None):
+        if self.silent:
+            return
         if self.bar is not None:
             self.bar.update(step, values=values)
             return

@@ -24,6 +24,7 @@ from tempscale_tf.attacks import (
     autoattack,
     autoattack_attacks,
     fab,
+    per_attack_accuracy,
     pgd,
     square_attack,
     worst_case,
@@ -502,6 +503,23 @@ def test_autoattack_threat_model_and_bookkeeping(conv, norm, eps):
     np.testing.assert_array_equal(through_worst_case.robust.numpy(), robust)
     again = autoattack(model, x, y, eps, **kwargs)
     np.testing.assert_array_equal(again.adv.numpy(), result.adv.numpy())
+    # per_attack from the bookkeeping arrays alone (what a resumed evaluation recomputes).
+    fooled = result.fooled_by.numpy()
+    for k, name in enumerate(result.attacks):
+        expected = np.mean(correct & ((fooled == -1) | (fooled > k)))
+        assert result.per_attack[name] == pytest.approx(expected)
+    assert per_attack_accuracy(correct, fooled, result.attacks) == result.per_attack
+
+
+def test_per_attack_accuracy_checks_its_arrays():
+    assert per_attack_accuracy([True, True, False], [-1, 1, -1], ("a", "b")) == {
+        "a": 2 / 3,
+        "b": 1 / 3,
+    }
+    with pytest.raises(ValueError, match="1-D of one length"):
+        per_attack_accuracy([True, False], [-1], ("a",))
+    with pytest.raises(ValueError, match=r"lie in \[-1, 0\]"):
+        per_attack_accuracy([True], [1], ("a",))
 
 
 def test_autoattack_batches_strategy_and_versions(conv):

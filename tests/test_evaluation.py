@@ -172,6 +172,75 @@ def test_killed_evaluation_resumes_after_its_last_finished_stage(
     assert not partial.exists()
 
 
+def test_evaluation_killed_inside_autoattack_resumes_at_its_next_batch(
+    linear_digits_model, tmp_path, monkeypatch
+):
+    config = quick_eval(
+        corruptions=(),
+        cw_l2_examples=0,
+        steps=3,
+        num_examples=60,
+        batch_size=20,
+        autoattack_steps=3,
+        autoattack_queries=20,
+    )
+    reference = evaluation.evaluate_model(
+        linear_digits_model, 2.0, "digits", config, progress=False
+    )
+    # Batch by batch equals one AutoAttack call over the same batches (the library's route).
+    images, labels = evaluation.subset_arrays("digits", config.split, None, 60)
+    whole = attacks.autoattack(
+        linear_digits_model,
+        images,
+        labels,
+        config.eps,
+        seed=config.seed,
+        batch_size=20,
+        progress=False,
+        steps=3,
+        queries=20,
+    )
+    assert reference["autoattack"] == pytest.approx(whole.robust_accuracy)
+    for name, value in whole.per_attack.items():
+        assert reference[f"autoattack/{name}"] == pytest.approx(value), name
+    assert 0 < reference["autoattack"] < reference["clean"]
+
+    partial, attacked = tmp_path / "eval_partial.json", []
+    real = evaluation._autoattack_batch
+
+    def counted(model, x, y, cfg, fail_on=None):
+        attacked.append(len(y))
+        if len(attacked) == fail_on:
+            raise KeyboardInterrupt("killed inside AutoAttack")
+        return real(model, x, y, cfg)
+
+    def run():
+        return evaluation.evaluate_model(
+            linear_digits_model, 2.0, "digits", config, progress=False, resume_path=str(partial)
+        )
+
+    monkeypatch.setattr(evaluation, "_autoattack_batch", lambda *a: counted(*a, fail_on=3))
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    saved = json.loads(partial.read_text())
+    assert sorted(saved["stages"]) == ["clean", "pgd"]
+    assert sorted(saved["parts"]["autoattack"]) == ["0", "1"]  # the third batch was killed
+    part_seconds = sum(p["seconds"] for p in saved["parts"]["autoattack"].values())
+    assert saved["seconds"] >= part_seconds > 0
+    # The rerun attacks only the third batch and gives the uninterrupted row.
+    attacked.clear()
+    monkeypatch.setattr(evaluation, "_autoattack_batch", lambda *a: counted(*a))
+    row = run()
+    assert attacked == [20]
+    for key, value in reference.items():
+        if not key.startswith("eval/seconds"):
+            assert row[key] == pytest.approx(value, nan_ok=True), key
+    assert row["eval/seconds/autoattack"] >= part_seconds
+    assert row["eval/seconds"] >= saved["seconds"]
+    finished = json.loads(partial.read_text())
+    assert "parts" not in finished and "autoattack" in finished["stages"]
+
+
 def _threshold_model(images, training=False):
     """Class 1 iff pixel (0, 0, 0) > 0.5 (logits (0.5, pixel)); a callable like a Keras model."""
     pixel = tf.reshape(images[:, 0, 0, 0], [-1, 1])

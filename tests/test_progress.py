@@ -37,3 +37,6 @@ def test_unknown_total_has_no_eta_and_a_bar_logs_nothing():
     bar = Progress(3, "batches", bar=True, log_every_s=0, clock=clock)
     bar.update(3, [("clean_acc", 1.0)])
     assert bar.lines == [] and bar.bar is not None
+    silent = Progress(3, "batches", bar=None, log_every_s=0, clock=clock)
+    silent.update(3, [("clean_acc", 1.0)])
+    assert silent.lines == [] and silent.bar is None

@@ -34,6 +34,7 @@ from tempscale_tf.attacks.autoattack import (  # noqa: E402
     AutoAttackResult,
     autoattack,
     autoattack_attacks,
+    per_attack_accuracy,
 )
 from tempscale_tf.attacks.fab import FABResult, fab  # noqa: E402
 from tempscale_tf.attacks.square import square_attack  # noqa: E402
@@ -47,5 +48,6 @@ __all__ += [
     "autoattack",
     "autoattack_attacks",
     "fab",
+    "per_attack_accuracy",
     "square_attack",
 ]

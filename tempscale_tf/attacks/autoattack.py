@@ -35,7 +35,13 @@ from tempscale_tf.attacks.square import square_attack
 from tempscale_tf.progress import Progress
 from tempscale_tf.validation import check_positive_int
 
-__all__ = ["ATTACK_NAMES", "AutoAttackResult", "autoattack", "autoattack_attacks"]
+__all__ = [
+    "ATTACK_NAMES",
+    "AutoAttackResult",
+    "autoattack",
+    "autoattack_attacks",
+    "per_attack_accuracy",
+]
 
 ATTACK_NAMES = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 VERSIONS = {
@@ -255,7 +261,8 @@ def autoattack(
         `autoattack_attacks`).
       seed: int seed shared by all attacks.
       batch_size: examples per batch; None: all at once.
-      progress: show a `keras.utils.Progbar` over the batches; else log the rate and ETA.
+      progress: show a `keras.utils.Progbar` over the batches; False: log the rate and ETA;
+        None: report nothing (a caller that reports its own progress).
       strategy: optional `tf.distribute.Strategy`: each batch is split between its replicas,
         which attack their share on their own device (each example is attacked on its own,
         so the numbers do not depend on the strategy up to floating-point differences).
@@ -318,10 +325,7 @@ def autoattack(
         )
     robust = clean_correct & (fooled_by < 0)
     denominator = max(n, 1)
-    per_attack = {
-        name: float((clean_correct & ((fooled_by < 0) | (fooled_by > k))).sum()) / denominator
-        for k, name in enumerate(names)
-    }
+    per_attack = per_attack_accuracy(clean_correct, fooled_by, names)
     return AutoAttackResult(
         adv=tf.constant(adv),
         robust=tf.constant(robust),
@@ -333,6 +337,31 @@ def autoattack(
         seconds=dict(seconds),
         attacks=names,
     )
+
+
+def per_attack_accuracy(clean_correct, fooled_by, names) -> dict:
+    """{attack name: robust accuracy after that attack and every one before it}.
+
+    Args:
+      clean_correct: bool `[n]`, correctly classified without attack.
+      fooled_by: int `[n]`, the index into `names` of the attack that broke each example, -1
+        for none (as in `AutoAttackResult`).
+      names: the attack names in the order they ran.
+    """
+    clean_correct = np.asarray(clean_correct, bool)
+    fooled_by = np.asarray(fooled_by)
+    if clean_correct.shape != fooled_by.shape or clean_correct.ndim != 1:
+        raise ValueError(
+            f"`clean_correct` and `fooled_by` must be 1-D of one length, got shapes "
+            f"{clean_correct.shape} and {fooled_by.shape}"
+        )
+    if fooled_by.size and (fooled_by.min() < -1 or fooled_by.max() >= len(names)):
+        raise ValueError(f"`fooled_by` must lie in [-1, {len(names) - 1}] for {len(names)} attacks")
+    denominator = max(len(fooled_by), 1)
+    return {
+        name: float((clean_correct & ((fooled_by < 0) | (fooled_by > k))).sum()) / denominator
+        for k, name in enumerate(names)
+    }
 
 
 def _attack_batch(model, x, y, attacks, eps, norm, strategy):
