@@ -525,7 +525,7 @@ class EvalStages:
             # This run's parts of the stage were added as they finished; `elapsed` holds them.
             self.saved_seconds = saved_before + elapsed
             self._save()
-        return out
+        return dict(out)  # a copy: the caller adds later stages' columns to what it gets
 
     def run_part(self, name, index, compute) -> dict:
         """Part `index` of stage `name` (a JSON-able dict from `compute()`), or its saved copy.

@@ -448,7 +448,7 @@ def _corruption_setting(ev) -> str:
     names = evaluation.as_list(ev.corruptions)
     if not names:
         return "off"
-    source = "official CIFAR-10-C" if ev.cifar10c_dir else "generated"
+    source = "official CIFAR-10-C" if ev.cifar10c_dir else "synthesised by tempscale_tf.corruptions"
     severities = ",".join(str(s) for s in evaluation.as_list(ev.severities))
     return f"{len(names)} corruptions x severities {severities}, {source}"
 

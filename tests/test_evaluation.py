@@ -124,6 +124,8 @@ def test_killed_evaluation_resumes_after_its_last_finished_stage(
         run()
     saved = json.loads(partial.read_text())
     assert sorted(saved["stages"]) == ["clean", "corruption"] and saved["seconds"] > 0
+    # Each stage holds its own columns only (not the row as later stages extended it).
+    assert not any(k.startswith("corruption") for k in saved["stages"]["clean"])
     # The rerun starts at the PGD stage: the corruptions are not recomputed. It gets a copy of
     # the model, as a new process would rebuild it: the same weights under other layer names.
     copy = keras.Sequential(
