@@ -13,8 +13,13 @@ A sweep config (`configs/sweep_*.py`) is a `ConfigDict` with:
     finished cell's `config.json`, `history.json`, `metrics.json` and `eval.json` are copied to
     `<results_dir>/<cell>/`, and a cell whose results are there (with the same training and
     evaluation settings) is not trained or evaluated again, on any machine. The run folders
-    (checkpoints) stay under the sweep's workdir: a cell killed half-way resumes from its
-    checkpoint on the same machine and restarts from scratch on a new one;
+    (checkpoints) stay under the sweep's workdir: a cell killed while training resumes from its
+    checkpoint on the same machine and restarts from scratch on a new one. A cell whose
+    training finished carries itself in `<results_dir>/<cell>/in_progress/` (the three JSON
+    files, the trained weights as a model-only checkpoint, about 8 MB for the fast CIFAR net,
+    and `eval_partial.json`, saved after every evaluation stage and AutoAttack batch): commit
+    that folder and any machine skips the training and resumes the evaluation where it stopped.
+    A finished cell removes it;
   - optional `variants`: extra cells with other training settings, each a dict with `name`,
     `temperature`, `seed` and `overrides` (e.g. `{"adv_weight": 0.5}` for an equal-accuracy
     control); their rows carry `variant` and the overridden settings;
@@ -32,6 +37,7 @@ import time
 
 import ml_collections
 import pandas as pd
+import tensorflow as tf
 from absl import logging
 
 from tempscale_tf import evaluation, tables, training
@@ -110,6 +116,11 @@ def _normalized(settings) -> dict:
 
 
 RESULT_FILES = ("config.json", "history.json", "metrics.json", "eval.json")
+# A cell that finished training and not yet its evaluation, inside its results folder.
+IN_PROGRESS = "in_progress"
+TRAINED_FILES = ("config.json", "history.json", "metrics.json")
+# The trained weights: the prefix a model-only `tf.train.Checkpoint.save(".../weights")` writes.
+CARRIED_WEIGHTS = "weights-1"
 # A cell's finished evaluation stages, while it evaluates (`evaluation.EvalStages`).
 EVAL_PARTIAL = "eval_partial.json"
 
@@ -178,17 +189,65 @@ def run_cell(config, eval_config, workdir, progress=False, results=None) -> dict
     Returns:
       the cell's row: the evaluation columns and the settings in `ROW_SETTINGS`.
     """
+    carry = os.path.join(results, IN_PROGRESS) if results else None
     if results:
         row = committed_row(config, eval_config, results)
         if row is not None:
+            if os.path.isdir(carry):  # left by a run killed between committing and cleaning up
+                shutil.rmtree(carry)
             return row
-    row = _run_cell(config, eval_config, workdir, progress)
+    row = _run_cell(config, eval_config, workdir, progress, carry)
     if results:
         _commit_results(workdir, results)
+        if os.path.isdir(carry):
+            shutil.rmtree(carry)
     return row
 
 
-def _run_cell(config, eval_config, workdir, progress=False) -> dict:
+def carried_training(config, carry) -> bool:
+    """Whether `carry` (a cell's `in_progress` folder) holds a finished training of `config`:
+    its JSON files and weights are there and its settings match (a mismatch is logged)."""
+    if not carry or not os.path.isdir(carry):
+        return False
+    needed = [*TRAINED_FILES, f"{CARRIED_WEIGHTS}.index"]
+    missing = [f for f in needed if not os.path.exists(os.path.join(carry, f))]
+    if missing:
+        logging.info("%s is incomplete (no %s); training again", carry, ", ".join(missing))
+        return False
+    try:
+        training.check_resume_config(carry, config, finished=True)
+    except ValueError as e:
+        logging.info("%s holds other training settings (%s); training again", carry, e)
+        return False
+    return "diverged" not in read_json(os.path.join(carry, "metrics.json"))
+
+
+def _write_carry(workdir, model, carry) -> None:
+    """Copy a trained cell (its JSON files and model-only weights) to `carry`, atomically."""
+    tmp = carry + ".tmp"
+    for folder in (tmp, carry):
+        if os.path.isdir(folder):
+            shutil.rmtree(folder)
+    os.makedirs(tmp)
+    for name in TRAINED_FILES:
+        shutil.copyfile(os.path.join(workdir, name), os.path.join(tmp, name))
+    written = tf.train.Checkpoint(model=model).save(os.path.join(tmp, "weights"))
+    if os.path.basename(written) != CARRIED_WEIGHTS:  # a fresh Checkpoint numbers its first save 1
+        raise RuntimeError(f"expected the carried weights at {CARRIED_WEIGHTS}, got {written}")
+    os.replace(tmp, carry)
+    logging.info("%s: the trained cell is carried there until its evaluation finishes", carry)
+
+
+def _trained_model(workdir, carry):
+    """The trained model: from the run folder's checkpoints, else from the carried weights."""
+    if tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints")):
+        return training.load_run(workdir)[0]
+    if carry and os.path.exists(os.path.join(carry, f"{CARRIED_WEIGHTS}.index")):
+        return training.load_run(carry, checkpoint=os.path.join(carry, CARRIED_WEIGHTS))[0]
+    raise FileNotFoundError(f"{workdir} finished training but has no checkpoint to evaluate")
+
+
+def _run_cell(config, eval_config, workdir, progress=False, carry=None) -> dict:
     eval_path = os.path.join(workdir, "eval.json")
     settings = _eval_settings(eval_config)
     if os.path.exists(eval_path):
@@ -199,9 +258,16 @@ def _run_cell(config, eval_config, workdir, progress=False) -> dict:
         if _only_autoattack_changed(old, settings):
             return _refresh_autoattack(row, config, eval_config, workdir, settings, progress)
         logging.info("%s: evaluation settings changed, re-evaluating", workdir)
+    carried = carried_training(config, carry)
     if os.path.exists(os.path.join(workdir, "metrics.json")):
         # a finished cell must match the grid ("auto" accepts the precision it chose there)
         training.check_resume_config(workdir, config, finished=True)
+    elif carried:
+        # Trained in an earlier session (maybe on another machine): evaluate the carried weights.
+        logging.info("%s: training finished earlier; evaluating the weights in %s", workdir, carry)
+        os.makedirs(workdir, exist_ok=True)
+        for name in TRAINED_FILES:
+            shutil.copyfile(os.path.join(carry, name), os.path.join(workdir, name))
     else:
         try:
             training.train(config, workdir, progress=progress)
@@ -210,8 +276,14 @@ def _run_cell(config, eval_config, workdir, progress=False) -> dict:
     train_metrics = read_json(os.path.join(workdir, "metrics.json"))
     if "diverged" in train_metrics:
         return read_json(eval_path)
-    model, _ = training.load_run(workdir)
+    model = _trained_model(workdir, carry if carried else None)
     partial = os.path.join(workdir, EVAL_PARTIAL)
+    if carry:
+        if not carried:
+            _write_carry(workdir, model, carry)
+        if os.path.exists(partial) and not os.path.exists(os.path.join(carry, EVAL_PARTIAL)):
+            os.replace(partial, os.path.join(carry, EVAL_PARTIAL))  # one started before carrying
+        partial = os.path.join(carry, EVAL_PARTIAL)
     row = evaluation.evaluate_model(
         model,
         config.temperature,

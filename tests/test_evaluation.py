@@ -564,3 +564,69 @@ def test_sweep_only_runs_the_matching_unfinished_cells(tmp_path, monkeypatch):
     assert tabled[-1] == ran
     with pytest.raises(ValueError, match="'\\*_t70_s0' matches none"):
         sweep.run_sweep(config, str(root), only=["*_t70_s0"])
+
+
+class _Killed(Exception):
+    """Stands for the process being killed."""
+
+
+def test_sweep_carries_a_trained_cell_to_a_new_machine(tmp_path, monkeypatch):
+    """A cell killed while evaluating carries its trained weights and finished stages in
+    `<results_dir>/<cell>/in_progress/`; a new machine (no run folders) does not train it again,
+    reuses the finished stages, and gets the row of an uninterrupted evaluation."""
+    import shutil
+
+    import configs.sweep_digits as sweep_digits
+    from tempscale_tf import training
+
+    config = sweep_digits.get_config("tiny")
+    config.table_dir = str(tmp_path / "tables")
+    config.results_dir = str(tmp_path / "committed")
+    config.temperatures, config.seeds = [1.0], [0]
+    cell = "digits_small_cnn_t1_s0"
+    carry = tmp_path / "committed" / cell / sweep.IN_PROGRESS
+    real_run = evaluation.EvalStages.run
+    started, computed = [], []
+
+    def killed_in_the_second_stage(self, name, compute):
+        started.append(name)
+        if len(started) == 2:
+            raise _Killed()
+        return real_run(self, name, compute)
+
+    monkeypatch.setattr(evaluation.EvalStages, "run", killed_in_the_second_stage)
+    with pytest.raises(_Killed):
+        sweep.run_sweep(config, str(tmp_path / "runs"), command="pytest")
+    assert sorted(p.name for p in carry.iterdir()) == sorted(
+        [*sweep.TRAINED_FILES, sweep.EVAL_PARTIAL, "checkpoint"]
+        + ["weights-1.index", "weights-1.data-00000-of-00001"]
+    )
+    assert list(json.loads((carry / sweep.EVAL_PARTIAL).read_text())["stages"]) == started[:1]
+    assert not (tmp_path / "committed" / cell / "eval.json").exists()
+    assert sweep.carried_training(config.train, str(carry))
+    other = config.train.copy_and_resolve_references()
+    other.epochs += 1
+    assert not sweep.carried_training(other, str(carry))
+    # What an uninterrupted evaluation of the trained weights gives (same machine, same seeds).
+    model, _ = training.load_run(tmp_path / "runs" / cell)
+    expected = evaluation.evaluate_model(model, 1.0, "digits", config.eval, progress=False)
+
+    # A new machine: no run folders. Training must not run; the first stage is reused.
+    shutil.rmtree(tmp_path / "runs")
+    monkeypatch.setattr(training, "train", lambda *a, **k: pytest.fail("trained again"))
+
+    def recording(self, name, compute):
+        if name not in self.done:
+            computed.append(name)
+        return real_run(self, name, compute)
+
+    monkeypatch.setattr(evaluation.EvalStages, "run", recording)
+    sweep.run_sweep(config, str(tmp_path / "runs"), command="pytest")
+    assert computed and started[0] not in computed and started[1] in computed
+    assert {p.name for p in (tmp_path / "committed" / cell).iterdir()} == set(sweep.RESULT_FILES)
+    row = json.loads((tmp_path / "committed" / cell / "eval.json").read_text())
+    for key, value in expected.items():
+        if "seconds" not in key:
+            assert row[key] == pytest.approx(value, nan_ok=True), key
+    committed = json.loads((tmp_path / "committed" / cell / "history.json").read_text())
+    assert committed and row["train/accuracy"] is not None
