@@ -141,13 +141,21 @@ def committed_row(config, eval_config, results) -> dict | None:
     if _normalized(row.get("eval_settings")) != _eval_settings(eval_config):
         logging.info("%s: committed with other evaluation settings; recomputing", results)
         return None
-    try:
-        training.check_resume_config(results, config, finished=True)
-    except ValueError as e:
-        logging.info("%s: committed with other training settings (%s); recomputing", results, e)
+    if not _same_training(results, config, "committed", "recomputing"):
         return None
     row.setdefault("precision", run_precision(results))
     return row
+
+
+def _same_training(folder, config, what, action) -> bool:
+    """Whether the finished run in `folder` has `config`'s training settings; a mismatch is
+    logged as "<folder>: <what> with other training settings (...); <action>"."""
+    try:
+        training.check_resume_config(folder, config, finished=True)
+    except ValueError as e:
+        logging.info("%s: %s with other training settings (%s); %s", folder, what, e, action)
+        return False
+    return True
 
 
 def run_precision(run_dir) -> str:
@@ -214,10 +222,7 @@ def carried_training(config, carry) -> bool:
     if missing:
         logging.info("%s is incomplete (no %s); training again", carry, ", ".join(missing))
         return False
-    try:
-        training.check_resume_config(carry, config, finished=True)
-    except ValueError as e:
-        logging.info("%s holds other training settings (%s); training again", carry, e)
+    if not _same_training(carry, config, "carried", "training again"):
         return False
     return "diverged" not in read_json(os.path.join(carry, "metrics.json"))
 
