@@ -28,6 +28,12 @@ flags.mark_flags_as_required(["runs", "out", "figure"])
 FLAGS = flags.FLAGS
 
 
+def _dominated(runs, x, y, t) -> str:
+    points = tradeoff.reference_points(runs, x, y, t)
+    names = [v or "default" for v in points.index[points["dominated"]]]
+    return "dominated: " + ", ".join(names) if names else "none is dominated"
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -42,8 +48,12 @@ def main(argv):
         command=cli.command_line(),
         settings={"runs": FLAGS.runs, "x": x, "y": y, "reference_temperature": t},
         notes=[
-            f"curve: the T={t:g} runs, each setting averaged over its seeds, linearly "
-            f"interpolated at the other temperatures' mean {x} (no extrapolation).",
+            f"curve: the T={t:g} frontier (its settings, each averaged over its seeds, without "
+            f"those another T={t:g} setting beats in both {x} and {y}: "
+            f"{_dominated(runs, x, y, t)}), linearly interpolated at the other temperatures' "
+            f"mean {x}; no extrapolation, except that below the frontier's {x} range the curve is "
+            f"its least accurate point's {y} (a T={t:g} model more accurate than the run), so a "
+            "run below it by more than the spread is dominated: a loss.",
             "spread: the largest max - min of the robust accuracy over the seeds of one setting.",
             "verdict: 'real gain' if excess > spread, 'loss' if excess < -spread, else 'within "
             "seed noise'.",

@@ -51,6 +51,35 @@ def test_verdicts_against_hand_computed_values():
     assert math.isnan(by_t[0.5].curve) and by_t[0.5].verdict.startswith("not comparable")
 
 
+def test_dominated_settings_leave_the_curve_and_runs_below_it_can_lose():
+    runs = _runs()
+    extra = [
+        (1.0, 0, "eps12", 0.55, 0.52),  # madry (0.60, 0.55) beats it in both: off the frontier
+        (100.0, 0, "", 0.50, 0.45),  # below the range, 0.10 under madry's 0.55: dominated
+        (20.0, 0, "", 0.50, 0.56),  # below the range, above madry: nothing can be said
+    ]
+    runs = pd.concat([runs, pd.DataFrame(extra, columns=runs.columns)], ignore_index=True)
+    points = tradeoff.reference_points(runs)
+    assert points["dominated"].to_dict() == {"eps12": True, "madry": False, "w3": False, "": False}
+    x, y = tradeoff.reference_curve(runs)
+    assert x.tolist() == pytest.approx([0.60, 0.70, 0.81])  # eps12 left out
+    by_t = {v.temperature: v for v in tradeoff.verdicts(runs)}
+    assert by_t[100.0].curve == pytest.approx(0.55) and by_t[100.0].excess == pytest.approx(-0.10)
+    assert by_t[100.0].verdict == "loss (dominated by a T=1 setting)"
+    assert by_t[20.0].verdict == "not comparable (clean accuracy below the T=1 curve)"
+    assert by_t[70.0].verdict == "real gain"  # unchanged: inside the frontier's range
+    # A tie in both columns dominates neither; equal clean with more robustness does.
+    ties = pd.DataFrame(
+        [(1.0, 0, "a", 0.7, 0.5), (1.0, 0, "b", 0.7, 0.5), (1.0, 0, "c", 0.7, 0.4)],
+        columns=["temperature", "seed", "variant", "clean", "worst_case"],
+    )
+    assert tradeoff.reference_points(ties)["dominated"].to_dict() == {
+        "a": False,
+        "b": False,
+        "c": True,
+    }
+
+
 def test_verdicts_refuse_missing_columns_and_reference():
     with pytest.raises(ValueError, match="worst_case"):
         tradeoff.verdicts(_runs().drop(columns="worst_case"))

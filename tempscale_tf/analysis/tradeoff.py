@@ -7,6 +7,14 @@ objectives: the equal-accuracy control) trace a curve of worst-case robust accur
 accuracy; each high-T run is compared with that curve, linearly interpolated at its clean
 accuracy, and the excess is compared with the seed spread.
 
+The curve is the T = 1 frontier: a T = 1 setting that another T = 1 setting beats in both clean
+and robust accuracy (it is *dominated*) is a worse T = 1 recipe, not a point of the trade-off,
+and is left out; crediting the temperature for beating it would flatter the temperature. Outside
+the frontier's clean range nothing is extrapolated, with one exception that needs no
+extrapolation: a high-T model less accurate than every frontier point *and* less robust than the
+least accurate (the most robust) of them, by more than the spread, is dominated by a T = 1
+model: a loss.
+
 Input: the per-run rows of a sweep (`<table>_runs.csv`): `temperature`, `seed`, `clean`,
 `worst_case` (and optionally `variant`).
 """
@@ -34,9 +42,36 @@ def _check_runs(runs: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     return runs
 
 
+def reference_points(runs: pd.DataFrame, x="clean", y="worst_case", temperature=1.0):
+    """The `temperature` runs' settings (variants), each averaged over its seeds, sorted by `x`,
+    with a column `dominated`: another setting is at least as high in `x` and `y` and higher in
+    one of them.
+
+    Args:
+      runs: the per-run rows (`temperature`, `seed`, `variant`, `x`, `y` columns).
+      x: the clean-accuracy column.
+      y: the robust-accuracy column.
+      temperature: the reference temperature.
+
+    Returns:
+      a DataFrame indexed by variant with columns `x`, `y` and `dominated`.
+    """
+    runs = _check_runs(runs, x, y)
+    ref = runs[np.isclose(runs["temperature"], temperature)]
+    if ref.empty:
+        raise ValueError(f"no runs at the reference temperature T={temperature:g}")
+    points = ref.groupby("variant")[[x, y]].mean().sort_values([x, y])
+    px, py = points[x].to_numpy(float), points[y].to_numpy(float)
+    points["dominated"] = [
+        bool(np.any((px >= a) & (py >= b) & ((px > a) | (py > b)))) for a, b in zip(px, py)
+    ]
+    return points
+
+
 def reference_curve(runs: pd.DataFrame, x="clean", y="worst_case", temperature=1.0):
-    """The reference trade-off curve: `(x, y)` arrays of the `temperature` runs, each setting
-    (variant) averaged over its seeds, sorted by `x`.
+    """The reference trade-off curve: `(x, y)` arrays of the `temperature` runs' settings that
+    no other of its settings dominates (`reference_points`), each averaged over its seeds,
+    sorted by `x` (so `y` falls as `x` rises).
 
     Args:
       runs: the per-run rows (`temperature`, `seed`, `variant`, `x`, `y` columns).
@@ -44,12 +79,9 @@ def reference_curve(runs: pd.DataFrame, x="clean", y="worst_case", temperature=1
       y: the robust-accuracy column.
       temperature: the reference temperature.
     """
-    runs = _check_runs(runs, x, y)
-    ref = runs[np.isclose(runs["temperature"], temperature)]
-    if ref.empty:
-        raise ValueError(f"no runs at the reference temperature T={temperature:g}")
-    points = ref.groupby("variant")[[x, y]].mean().sort_values(x)
-    return points[x].to_numpy(float), points[y].to_numpy(float)
+    points = reference_points(runs, x, y, temperature)
+    frontier = points[~points["dominated"]]
+    return frontier[x].to_numpy(float), frontier[y].to_numpy(float)
 
 
 def seed_spread(runs: pd.DataFrame, y="worst_case") -> float:
@@ -85,8 +117,11 @@ def verdicts(runs, x="clean", y="worst_case", temperature=1.0) -> list[Verdict]:
       temperature: the reference temperature whose runs trace the curve.
 
     "real gain" if the excess over the reference curve exceeds the seed spread, "loss" if it is
-    below minus the spread, "within seed noise" otherwise, and "not comparable" when the clean
-    accuracy lies outside the reference curve's range (no extrapolation) or no spread is known.
+    below minus the spread, "within seed noise" otherwise. Outside the curve's clean range (no
+    extrapolation) the verdict is "not comparable", except below it: there `curve` is the
+    robust accuracy of the curve's least accurate point, a T = 1 model more accurate than the
+    run, and a run below it by more than the spread is dominated, a "loss". "not comparable"
+    also when no spread is known.
     """
     runs = _check_runs(runs, x, y)
     cx, cy = reference_curve(runs, x, y, temperature)
@@ -95,19 +130,24 @@ def verdicts(runs, x="clean", y="worst_case", temperature=1.0) -> list[Verdict]:
     others = runs[~np.isclose(runs["temperature"], temperature) & (runs["variant"] == "")]
     for t, g in others.groupby("temperature"):
         clean, robust = float(g[x].mean()), float(g[y].mean())
-        if cx[0] <= clean <= cx[-1]:
-            curve = float(np.interp(clean, cx, cy))
-        else:
+        below, above = clean < cx[0], clean > cx[-1]
+        if above:
             curve = math.nan
+        elif below:
+            curve = float(cy[0])
+        else:
+            curve = float(np.interp(clean, cx, cy))
         excess = robust - curve
-        if math.isnan(curve):
-            verdict = "not comparable (clean accuracy outside the T=1 curve)"
+        if above:
+            verdict = "not comparable (clean accuracy above the T=1 curve)"
         elif math.isnan(spread):
             verdict = "not comparable (no seed spread)"
+        elif excess < -spread:
+            verdict = "loss" if not below else "loss (dominated by a T=1 setting)"
+        elif below:
+            verdict = "not comparable (clean accuracy below the T=1 curve)"
         elif excess > spread:
             verdict = "real gain"
-        elif excess < -spread:
-            verdict = "loss"
         else:
             verdict = "within seed noise"
         out.append(Verdict(float(t), clean, robust, curve, excess, spread, verdict))
@@ -116,7 +156,8 @@ def verdicts(runs, x="clean", y="worst_case", temperature=1.0) -> list[Verdict]:
 
 def plot_tradeoff(runs, x="clean", y="worst_case", temperature=1.0, title=""):
     """Clean vs worst-case accuracy, one marker per run (seeds shown as separate markers), the
-    reference temperature's curve through its settings' seed means, one colour per T.
+    reference temperature's frontier through its settings' seed means (its dominated settings
+    circled), one colour per T.
 
     Args:
       runs: the per-run rows (see `reference_curve`).
@@ -132,7 +173,19 @@ def plot_tradeoff(runs, x="clean", y="worst_case", temperature=1.0, title=""):
     fig = plots.new_figure(6, 4.5)
     ax = fig.subplots()
     cx, cy = reference_curve(runs, x, y, temperature)
-    ax.plot(cx, cy, "-", color="0.3", label=f"T={temperature:g} curve (seed means)", zorder=1)
+    ax.plot(cx, cy, "-", color="0.3", label=f"T={temperature:g} frontier (seed means)", zorder=1)
+    points = reference_points(runs, x, y, temperature)
+    dominated = points[points["dominated"]]
+    if len(dominated):
+        ax.scatter(
+            dominated[x],
+            dominated[y],
+            s=160,
+            facecolors="none",
+            edgecolors="0.5",
+            label=f"T={temperature:g} dominated (off the frontier)",
+            zorder=1,
+        )
     temps = sorted(runs["temperature"].unique())
     colors = dict(zip(temps, plots._colors(len(temps))))
     markers = {}
