@@ -282,13 +282,9 @@ def _run_cell(config, eval_config, workdir, progress=False, carry=None) -> dict:
     if "diverged" in train_metrics:
         return read_json(eval_path)
     model = _trained_model(workdir, carry if carried else None)
-    partial = os.path.join(workdir, EVAL_PARTIAL)
-    if carry:
-        if not carried:
-            _write_carry(workdir, model, carry)
-        if os.path.exists(partial) and not os.path.exists(os.path.join(carry, EVAL_PARTIAL)):
-            os.replace(partial, os.path.join(carry, EVAL_PARTIAL))  # one started before carrying
-        partial = os.path.join(carry, EVAL_PARTIAL)
+    if carry and not carried:
+        _write_carry(workdir, model, carry)
+    partial = os.path.join(carry or workdir, EVAL_PARTIAL)
     row = evaluation.evaluate_model(
         model,
         config.temperature,
