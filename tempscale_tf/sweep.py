@@ -244,12 +244,10 @@ def _write_carry(workdir, model, carry) -> None:
 
 
 def _trained_model(workdir, carry):
-    """The trained model: from the run folder's checkpoints, else from the carried weights."""
-    if tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints")):
-        return training.load_run(workdir)[0]
-    if carry and os.path.exists(os.path.join(carry, f"{CARRIED_WEIGHTS}.index")):
+    """The trained model: the carried weights if `carry` is given, else the run folder's."""
+    if carry:
         return training.load_run(carry, checkpoint=os.path.join(carry, CARRIED_WEIGHTS))[0]
-    raise FileNotFoundError(f"{workdir} finished training but has no checkpoint to evaluate")
+    return training.load_run(workdir)[0]
 
 
 def _run_cell(config, eval_config, workdir, progress=False, carry=None) -> dict:
@@ -264,15 +262,16 @@ def _run_cell(config, eval_config, workdir, progress=False, carry=None) -> dict:
             return _refresh_autoattack(row, config, eval_config, workdir, settings, progress)
         logging.info("%s: evaluation settings changed, re-evaluating", workdir)
     carried = carried_training(config, carry)
-    if os.path.exists(os.path.join(workdir, "metrics.json")):
-        # a finished cell must match the grid ("auto" accepts the precision it chose there)
-        training.check_resume_config(workdir, config, finished=True)
-    elif carried:
-        # Trained in an earlier session (maybe on another machine): evaluate the carried weights.
+    if carried:
+        # Trained in an earlier session, maybe on another machine. The carried weights are the
+        # cell's (its saved evaluation stages are keyed to them), whatever the run folder holds.
         logging.info("%s: training finished earlier; evaluating the weights in %s", workdir, carry)
         os.makedirs(workdir, exist_ok=True)
         for name in TRAINED_FILES:
             shutil.copyfile(os.path.join(carry, name), os.path.join(workdir, name))
+    elif os.path.exists(os.path.join(workdir, "metrics.json")):
+        # a finished cell must match the grid ("auto" accepts the precision it chose there)
+        training.check_resume_config(workdir, config, finished=True)
     else:
         try:
             training.train(config, workdir, progress=progress)

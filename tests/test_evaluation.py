@@ -611,8 +611,13 @@ def test_sweep_carries_a_trained_cell_to_a_new_machine(tmp_path, monkeypatch):
     model, _ = training.load_run(tmp_path / "runs" / cell)
     expected = evaluation.evaluate_model(model, 1.0, "digits", config.eval, progress=False)
 
-    # A new machine: no run folders. Training must not run; the first stage is reused.
+    # A new machine: no run folders. Training must not run; the first stage is reused. Worse,
+    # its run folder holds an unfinished training of its own (no metrics.json, other weights):
+    # the carried weights, not those, are evaluated.
     shutil.rmtree(tmp_path / "runs")
+    for w in model.trainable_weights:
+        w.assign(w + 0.5)
+    tf.train.Checkpoint(model=model).save(str(tmp_path / "runs" / cell / "checkpoints" / "ckpt"))
     monkeypatch.setattr(training, "train", lambda *a, **k: pytest.fail("trained again"))
 
     def recording(self, name, compute):
