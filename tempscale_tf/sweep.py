@@ -214,7 +214,8 @@ def run_cell(config, eval_config, workdir, progress=False, results=None) -> dict
 
 def carried_training(config, carry) -> bool:
     """Whether `carry` (a cell's `in_progress` folder) holds a finished training of `config`:
-    its JSON files and weights are there and its settings match (a mismatch is logged)."""
+    its JSON files and weights are there and its settings match (a mismatch is logged). Only a
+    training that did not diverge is ever carried (`_write_carry` runs after it)."""
     if not carry or not os.path.isdir(carry):
         return False
     needed = [*TRAINED_FILES, f"{CARRIED_WEIGHTS}.index"]
@@ -222,9 +223,7 @@ def carried_training(config, carry) -> bool:
     if missing:
         logging.info("%s is incomplete (no %s); training again", carry, ", ".join(missing))
         return False
-    if not _same_training(carry, config, "carried", "training again"):
-        return False
-    return "diverged" not in read_json(os.path.join(carry, "metrics.json"))
+    return _same_training(carry, config, "carried", "training again")
 
 
 def _write_carry(workdir, model, carry) -> None:

@@ -172,10 +172,16 @@ def plot_tradeoff(runs, x="clean", y="worst_case", temperature=1.0, title=""):
     runs = _check_runs(runs, x, y)
     fig = plots.new_figure(6, 4.5)
     ax = fig.subplots()
-    cx, cy = reference_curve(runs, x, y, temperature)
-    ax.plot(cx, cy, "-", color="0.3", label=f"T={temperature:g} frontier (seed means)", zorder=1)
     points = reference_points(runs, x, y, temperature)
-    dominated = points[points["dominated"]]
+    frontier, dominated = points[~points["dominated"]], points[points["dominated"]]
+    ax.plot(
+        frontier[x],
+        frontier[y],
+        "-",
+        color="0.3",
+        label=f"T={temperature:g} frontier (seed means)",
+        zorder=1,
+    )
     if len(dominated):
         ax.scatter(
             dominated[x],
