@@ -4,6 +4,8 @@ r"""Train and evaluate a grid of temperatures x datasets x seeds; assemble the T
   python launch/sweep.py --config=configs/sweep_digits.py:tiny --workdir=/tmp/sweep
   python launch/sweep.py --config=configs/sweep_cifar10_fast_at.py --workdir=runs/c10_at \
       --only='*_madry_eps12' --max_cells=1   # one chosen cell, out of the sweep's order
+  python launch/sweep.py --config=configs/sweep_cifar10_fast_at.py --workdir=runs/c10_at \
+      --train_only --max_cells=1   # train the next cell and carry it; evaluate it later
 
 Resumable: a cell whose `eval.json` exists (with the same evaluation settings) is skipped, a cell
 whose training was interrupted resumes from its checkpoint. After every finished cell the tables
@@ -36,6 +38,12 @@ flags.DEFINE_list(
 flags.DEFINE_bool(
     "assemble_only", False, "Train and evaluate nothing: rebuild the tables from finished cells."
 )
+flags.DEFINE_bool(
+    "train_only",
+    False,
+    "Train the chosen unfinished cells and carry them in the results_dir, without evaluating "
+    "them (a later run without the flag evaluates them, on any machine). No tables are written.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
@@ -43,6 +51,8 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if FLAGS.assemble_only and FLAGS.train_only:
+        raise app.UsageError("--assemble_only and --train_only exclude each other")
     # An --assemble_only rebuild records the command that trains and evaluates the cells it
     # assembles (the same command without the flag), not the rebuild.
     command = cli.command_line(drop=("assemble_only", "only") if FLAGS.assemble_only else ())
@@ -53,6 +63,7 @@ def main(argv):
         progress=FLAGS.progress,
         max_cells=0 if FLAGS.assemble_only else (FLAGS.max_cells or None),
         only=FLAGS.only,
+        train_only=FLAGS.train_only,
     )
     for path in paths:
         print(f"Wrote {path}")

@@ -19,7 +19,8 @@ A sweep config (`configs/sweep_*.py`) is a `ConfigDict` with:
     files, the trained weights as a model-only checkpoint, about 8 MB for the fast CIFAR net,
     and `eval_partial.json`, saved after every evaluation stage and AutoAttack batch): commit
     that folder and any machine skips the training and resumes the evaluation where it stopped.
-    A finished cell removes it;
+    A finished cell removes it. Carried cells are evaluated before new ones are trained, and
+    `run_sweep(..., train_only=True)` trains and carries cells without evaluating them;
   - optional `variants`: extra cells with other training settings, each a dict with `name`,
     `temperature`, `seed` and `overrides` (e.g. `{"adv_weight": 0.5}` for an equal-accuracy
     control); their rows carry `variant` and the overridden settings;
@@ -249,6 +250,50 @@ def _trained_model(workdir, carry):
     return training.load_run(workdir)[0]
 
 
+def _train(config, workdir, carry, settings, progress) -> bool | None:
+    """Make sure the cell is trained: take its carried training, accept the run folder's finished
+    one, or train (resuming from a checkpoint). A new training is carried when `carry` is given.
+
+    Returns whether the weights to evaluate are the carried ones, or None if the training
+    diverged (its row is then in the run folder's `eval.json`).
+    """
+    carried = carried_training(config, carry)
+    if carried:
+        # Trained in an earlier session, maybe on another machine. The carried weights are the
+        # cell's (its saved evaluation stages are keyed to them), whatever the run folder holds.
+        logging.info("%s: training finished earlier; evaluating the weights in %s", workdir, carry)
+        os.makedirs(workdir, exist_ok=True)
+        for name in TRAINED_FILES:
+            shutil.copyfile(os.path.join(carry, name), os.path.join(workdir, name))
+        return True
+    if os.path.exists(os.path.join(workdir, "metrics.json")):
+        # a finished cell must match the grid ("auto" accepts the precision it chose there)
+        training.check_resume_config(workdir, config, finished=True)
+    else:
+        try:
+            training.train(config, workdir, progress=progress)
+        except training.TrainingDivergedError as e:
+            _diverged_row(config, workdir, settings, e)
+            return None
+    if "diverged" in read_json(os.path.join(workdir, "metrics.json")):
+        return None
+    if not carry:
+        return False
+    _write_carry(workdir, training.load_run(workdir)[0], carry)
+    return True
+
+
+def train_cell(config, eval_config, workdir, results, progress=False) -> bool:
+    """Train one cell (or resume its training) and carry it in `<results>/in_progress/`, without
+    evaluating it; a later `run_cell` on any machine evaluates the carried weights.
+
+    Returns:
+      False if the training diverged (the cell is then finished, with that status), else True.
+    """
+    carry = os.path.join(results, IN_PROGRESS)
+    return _train(config, workdir, carry, _eval_settings(eval_config), progress) is not None
+
+
 def _run_cell(config, eval_config, workdir, progress=False, carry=None) -> dict:
     eval_path = os.path.join(workdir, "eval.json")
     settings = _eval_settings(eval_config)
@@ -260,28 +305,11 @@ def _run_cell(config, eval_config, workdir, progress=False, carry=None) -> dict:
         if _only_autoattack_changed(old, settings):
             return _refresh_autoattack(row, config, eval_config, workdir, settings, progress)
         logging.info("%s: evaluation settings changed, re-evaluating", workdir)
-    carried = carried_training(config, carry)
-    if carried:
-        # Trained in an earlier session, maybe on another machine. The carried weights are the
-        # cell's (its saved evaluation stages are keyed to them), whatever the run folder holds.
-        logging.info("%s: training finished earlier; evaluating the weights in %s", workdir, carry)
-        os.makedirs(workdir, exist_ok=True)
-        for name in TRAINED_FILES:
-            shutil.copyfile(os.path.join(carry, name), os.path.join(workdir, name))
-    elif os.path.exists(os.path.join(workdir, "metrics.json")):
-        # a finished cell must match the grid ("auto" accepts the precision it chose there)
-        training.check_resume_config(workdir, config, finished=True)
-    else:
-        try:
-            training.train(config, workdir, progress=progress)
-        except training.TrainingDivergedError as e:
-            return _diverged_row(config, workdir, settings, e)
-    train_metrics = read_json(os.path.join(workdir, "metrics.json"))
-    if "diverged" in train_metrics:
+    carried = _train(config, workdir, carry, settings, progress)
+    if carried is None:  # diverged: its row is in eval.json
         return read_json(eval_path)
+    train_metrics = read_json(os.path.join(workdir, "metrics.json"))
     model = _trained_model(workdir, carry if carried else None)
-    if carry and not carried:
-        _write_carry(workdir, model, carry)
     partial = os.path.join(carry or workdir, EVAL_PARTIAL)
     row = evaluation.evaluate_model(
         model,
@@ -524,7 +552,9 @@ def _corruption_setting(ev) -> str:
     return f"{len(names)} corruptions x severities {severities}, {source}"
 
 
-def run_sweep(sweep_config, root, command="", progress=False, max_cells=None, only=()) -> list[str]:
+def run_sweep(
+    sweep_config, root, command="", progress=False, max_cells=None, only=(), train_only=False
+) -> list[str]:
     """Run every cell (skipping finished ones) and rewrite the tables after each cell.
 
     Args:
@@ -538,6 +568,12 @@ def run_sweep(sweep_config, root, command="", progress=False, max_cells=None, on
       only: fnmatch patterns of cell folder names (e.g. `*_t70_s1`, `*_madry_eps12`): run only
         the unfinished cells that match one, in the sweep's order (the tables still hold every
         finished cell). A pattern that matches no cell of the sweep is an error. Empty: all.
+        Cells run in the sweep's order, except that carried cells (trained earlier, see
+        `results_dir`) run first.
+      train_only: train the unfinished cells and carry them (`train_cell`; needs a
+        `results_dir`) without evaluating them; cells already carried are not new. No tables
+        are written. A session can train first, while a whole training still fits, and
+        spend the rest on evaluations, which resume across machines at a finer grain.
 
     Returns:
       the table paths written.
@@ -563,6 +599,8 @@ def run_sweep(sweep_config, root, command="", progress=False, max_cells=None, on
         for d in sweep_config.datasets
     ]
     results_root = sweep_config.get("results_dir", "")
+    if train_only and not results_root:
+        raise ValueError("train_only carries the trained cells in the sweep's results_dir; set one")
     configs = [_cell_config(sweep_config.train, d, t, s, o) for d, t, s, _, o in cells]
     names = [
         os.path.basename(cell_dir("", d, c.model, t, s, v))
@@ -572,9 +610,17 @@ def run_sweep(sweep_config, root, command="", progress=False, max_cells=None, on
     for pattern in only:
         if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
             raise ValueError(f"cell pattern {pattern!r} matches none of the sweep's cells {names}")
-    rows, paths, new = [], [], 0
+    rows, paths, new = {}, [], 0
     start = time.time()
-    for i, (dataset, temperature, seed, variant, overrides) in enumerate(cells):
+    # Cells trained in an earlier session (carried) are evaluated before any new training starts.
+    order = sorted(
+        range(len(cells)),
+        key=lambda i: not (
+            results_root and os.path.isdir(os.path.join(results_root, names[i], IN_PROGRESS))
+        ),
+    )
+    for i in order:
+        dataset, temperature, seed, variant, overrides = cells[i]
         config = configs[i]
         chosen = not only or any(fnmatch.fnmatchcase(names[i], p) for p in only)
         workdir = os.path.join(root, names[i])
@@ -589,13 +635,20 @@ def run_sweep(sweep_config, root, command="", progress=False, max_cells=None, on
             # Skipped, not the end: a finished cell later in the order still enters the tables.
             logging.info("cell %d/%d: not run (max_cells=%d)", i + 1, len(cells), max_cells)
             continue
+        if train_only:
+            if finished or carried_training(config, os.path.join(results, IN_PROGRESS)):
+                continue
+            logging.info("cell %d/%d: training %s (no evaluation)", i + 1, len(cells), names[i])
+            train_cell(config, sweep_config.eval, workdir, results, progress)
+            new += 1
+            continue
         logging.info("cell %d/%d: %s T=%g seed=%d", i + 1, len(cells), dataset, temperature, seed)
         row = run_cell(config, sweep_config.eval, workdir, progress, results)
         if variant:
             row = {**row, "variant": variant, **{k: v for k, v in overrides.items()}}
-        rows.append(row)
+        rows[i] = row
         new += 0 if finished else 1
-        paths = assemble_tables(rows, sweep_config, command)
+        paths = assemble_tables([rows[k] for k in sorted(rows)], sweep_config, command)
         elapsed = time.time() - start
         logging.info("cell %d/%d done (%.0f s elapsed)", i + 1, len(cells), elapsed)
     return sorted(set(paths))

@@ -570,6 +570,48 @@ class _Killed(Exception):
     """Stands for the process being killed."""
 
 
+def test_sweep_trains_first_and_a_new_machine_evaluates_the_carried_cell(tmp_path, monkeypatch):
+    """`train_only` trains and carries a cell without evaluating it (and counts a carried cell
+    as done); a later sweep on a new machine evaluates the carried weights, before training any
+    cell that comes earlier in the sweep's order."""
+    import configs.sweep_digits as sweep_digits
+    from tempscale_tf import training
+
+    config = sweep_digits.get_config("tiny")
+    config.table_dir = str(tmp_path / "tables")
+    config.results_dir = str(tmp_path / "committed")
+    config.temperatures, config.seeds = [0.5, 1.0], [0]
+    cell = "digits_small_cnn_t1_s0"
+    carry = tmp_path / "committed" / cell / sweep.IN_PROGRESS
+    monkeypatch.setattr(
+        evaluation.EvalStages, "run", lambda *a: pytest.fail("evaluated in train_only")
+    )
+    paths = sweep.run_sweep(config, str(tmp_path / "a"), only=["*_t1_s0"], train_only=True)
+    assert paths == [] and not (tmp_path / "tables").exists()
+    assert sweep.carried_training(config.train, str(carry))
+    assert not (tmp_path / "a" / cell / "eval.json").exists()
+    model, _ = training.load_run(tmp_path / "a" / cell)
+    carried, _ = training.load_run(carry, checkpoint=str(carry / sweep.CARRIED_WEIGHTS))
+    for w, c in zip(model.weights, carried.weights):
+        np.testing.assert_array_equal(w.numpy(), c.numpy())
+    monkeypatch.undo()
+    expected = evaluation.evaluate_model(model, 1.0, "digits", config.eval, progress=False)
+
+    monkeypatch.setattr(training, "train", lambda *a, **k: pytest.fail("trained again"))
+    only_t1 = ["*_t1_s0"]
+    assert sweep.run_sweep(config, str(tmp_path / "b"), only=only_t1, train_only=True) == []
+    # A new machine evaluates the carried T=1 cell first (training T=0.5 would fail here).
+    sweep.run_sweep(config, str(tmp_path / "b"), command="pytest", max_cells=1)
+    assert not carry.exists() and not (tmp_path / "b" / "digits_small_cnn_t0.5_s0").exists()
+    row = json.loads((tmp_path / "committed" / cell / "eval.json").read_text())
+    for key, value in expected.items():
+        if "seconds" not in key:
+            assert row[key] == pytest.approx(value, nan_ok=True), key
+    no_results = sweep_digits.get_config("tiny")
+    with pytest.raises(ValueError, match="results_dir"):
+        sweep.run_sweep(no_results, str(tmp_path / "c"), train_only=True)
+
+
 def test_sweep_carries_a_trained_cell_to_a_new_machine(tmp_path, monkeypatch):
     """A cell killed while evaluating carries its trained weights and finished stages in
     `<results_dir>/<cell>/in_progress/`; a new machine (no run folders) does not train it again,
