@@ -250,22 +250,21 @@ def _trained_model(workdir, carry):
     return training.load_run(workdir)[0]
 
 
-def _train(config, workdir, carry, settings, progress) -> bool | None:
+def _train(config, workdir, carry, settings, progress):
     """Make sure the cell is trained: take its carried training, accept the run folder's finished
     one, or train (resuming from a checkpoint). A new training is carried when `carry` is given.
 
-    Returns whether the weights to evaluate are the carried ones, or None if the training
-    diverged (its row is then in the run folder's `eval.json`).
+    Returns the trained model to evaluate (the carried weights when there are any), or None if
+    the training diverged (its row is then in the run folder's `eval.json`).
     """
-    carried = carried_training(config, carry)
-    if carried:
+    if carried_training(config, carry):
         # Trained in an earlier session, maybe on another machine. The carried weights are the
         # cell's (its saved evaluation stages are keyed to them), whatever the run folder holds.
         logging.info("%s: training finished earlier; evaluating the weights in %s", workdir, carry)
         os.makedirs(workdir, exist_ok=True)
         for name in TRAINED_FILES:
             shutil.copyfile(os.path.join(carry, name), os.path.join(workdir, name))
-        return True
+        return _trained_model(workdir, carry)
     if os.path.exists(os.path.join(workdir, "metrics.json")):
         # a finished cell must match the grid ("auto" accepts the precision it chose there)
         training.check_resume_config(workdir, config, finished=True)
@@ -277,10 +276,10 @@ def _train(config, workdir, carry, settings, progress) -> bool | None:
             return None
     if "diverged" in read_json(os.path.join(workdir, "metrics.json")):
         return None
-    if not carry:
-        return False
-    _write_carry(workdir, training.load_run(workdir)[0], carry)
-    return True
+    model = _trained_model(workdir, None)
+    if carry:
+        _write_carry(workdir, model, carry)
+    return model
 
 
 def train_cell(config, eval_config, workdir, results, progress=False) -> bool:
@@ -305,11 +304,10 @@ def _run_cell(config, eval_config, workdir, progress=False, carry=None) -> dict:
         if _only_autoattack_changed(old, settings):
             return _refresh_autoattack(row, config, eval_config, workdir, settings, progress)
         logging.info("%s: evaluation settings changed, re-evaluating", workdir)
-    carried = _train(config, workdir, carry, settings, progress)
-    if carried is None:  # diverged: its row is in eval.json
+    model = _train(config, workdir, carry, settings, progress)
+    if model is None:  # diverged: its row is in eval.json
         return read_json(eval_path)
     train_metrics = read_json(os.path.join(workdir, "metrics.json"))
-    model = _trained_model(workdir, carry if carried else None)
     partial = os.path.join(carry or workdir, EVAL_PARTIAL)
     row = evaluation.evaluate_model(
         model,
