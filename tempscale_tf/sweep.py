@@ -265,6 +265,11 @@ def _train(config, workdir, carry, settings, progress):
         for name in TRAINED_FILES:
             shutil.copyfile(os.path.join(carry, name), os.path.join(workdir, name))
         return _trained_model(workdir, carry)
+    return _train_uncarried(config, workdir, carry, settings, progress)
+
+
+def _train_uncarried(config, workdir, carry, settings, progress):
+    """`_train` for a cell with no usable carried training (the caller has checked)."""
     if os.path.exists(os.path.join(workdir, "metrics.json")):
         # a finished cell must match the grid ("auto" accepts the precision it chose there)
         training.check_resume_config(workdir, config, finished=True)
@@ -282,15 +287,20 @@ def _train(config, workdir, carry, settings, progress):
     return model
 
 
-def train_cell(config, eval_config, workdir, results, progress=False) -> bool:
+def train_cell(config, eval_config, workdir, results, progress=False) -> str:
     """Train one cell (or resume its training) and carry it in `<results>/in_progress/`, without
     evaluating it; a later `run_cell` on any machine evaluates the carried weights.
 
     Returns:
-      False if the training diverged (the cell is then finished, with that status), else True.
+      "carried" if the cell's training was carried already (nothing is done), "diverged" if the
+      training diverged (the cell is then finished, with that status), else "trained".
     """
     carry = os.path.join(results, IN_PROGRESS)
-    return _train(config, workdir, carry, _eval_settings(eval_config), progress) is not None
+    if carried_training(config, carry):
+        return "carried"
+    logging.info("%s: training (no evaluation)", workdir)
+    model = _train_uncarried(config, workdir, carry, _eval_settings(eval_config), progress)
+    return "diverged" if model is None else "trained"
 
 
 def _run_cell(config, eval_config, workdir, progress=False, carry=None) -> dict:
@@ -634,11 +644,10 @@ def run_sweep(
             logging.info("cell %d/%d: not run (max_cells=%d)", i + 1, len(cells), max_cells)
             continue
         if train_only:
-            if finished or carried_training(config, os.path.join(results, IN_PROGRESS)):
-                continue
-            logging.info("cell %d/%d: training %s (no evaluation)", i + 1, len(cells), names[i])
-            train_cell(config, sweep_config.eval, workdir, results, progress)
-            new += 1
+            if not finished:
+                logging.info("cell %d/%d: %s", i + 1, len(cells), names[i])
+                status = train_cell(config, sweep_config.eval, workdir, results, progress)
+                new += status != "carried"  # a carried cell is trained already: not a new one
             continue
         logging.info("cell %d/%d: %s T=%g seed=%d", i + 1, len(cells), dataset, temperature, seed)
         row = run_cell(config, sweep_config.eval, workdir, progress, results)

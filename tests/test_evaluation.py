@@ -1,5 +1,6 @@
 """Evaluation columns, gradient-masking diagnostics, the sweep and the evaluate script."""
 
+import copy
 import json
 import os
 
@@ -597,6 +598,18 @@ def test_sweep_trains_first_and_a_new_machine_evaluates_the_carried_cell(tmp_pat
     monkeypatch.undo()
     expected = evaluation.evaluate_model(model, 1.0, "digits", config.eval, progress=False)
 
+    # Other training settings: the carry is checked (and its mismatch logged) once, then trained.
+    checks = []
+    real_check = sweep._same_training
+    monkeypatch.setattr(sweep, "_same_training", lambda *a: checks.append(a) or real_check(*a))
+    monkeypatch.setattr(training, "train", lambda *a, **k: (_ for _ in ()).throw(_Killed()))
+    changed = copy.deepcopy(config)
+    changed.train.lr *= 2
+    with pytest.raises(_Killed):
+        sweep.run_sweep(changed, str(tmp_path / "c"), only=["*_t1_s0"], train_only=True)
+    assert [c[0] for c in checks] == [str(carry)]
+    monkeypatch.undo()
+
     monkeypatch.setattr(training, "train", lambda *a, **k: pytest.fail("trained again"))
     only_t1 = ["*_t1_s0"]
     assert sweep.run_sweep(config, str(tmp_path / "b"), only=only_t1, train_only=True) == []
@@ -609,7 +622,7 @@ def test_sweep_trains_first_and_a_new_machine_evaluates_the_carried_cell(tmp_pat
             assert row[key] == pytest.approx(value, nan_ok=True), key
     no_results = sweep_digits.get_config("tiny")
     with pytest.raises(ValueError, match="results_dir"):
-        sweep.run_sweep(no_results, str(tmp_path / "c"), train_only=True)
+        sweep.run_sweep(no_results, str(tmp_path / "d"), train_only=True)
 
 
 def test_sweep_carries_a_trained_cell_to_a_new_machine(tmp_path, monkeypatch):
