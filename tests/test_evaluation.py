@@ -602,7 +602,11 @@ def test_sweep_trains_first_and_a_new_machine_evaluates_the_carried_cell(tmp_pat
     checks = []
     real_check = sweep._same_training
     monkeypatch.setattr(sweep, "_same_training", lambda *a: checks.append(a) or real_check(*a))
-    monkeypatch.setattr(training, "train", lambda *a, **k: (_ for _ in ()).throw(_Killed()))
+
+    def killed(*args, **kwargs):
+        raise _Killed()
+
+    monkeypatch.setattr(training, "train", killed)
     changed = copy.deepcopy(config)
     changed.train.lr *= 2
     with pytest.raises(_Killed):
