@@ -5,7 +5,8 @@ r"""Clean vs worst-case robust accuracy of a sweep's runs, and the verdict per t
 
 The runs at `--reference_temperature` (the equal-accuracy control: other adversarial weights or
 objectives) trace a curve; each other temperature's mean point is compared with the curve at its
-clean accuracy, and its excess with the seed spread (`tempscale_tf.analysis.tradeoff`).
+clean accuracy, and its excess with the seed spread, floored at two binomial standard errors
+(`tempscale_tf.analysis.tradeoff`).
 """
 
 import dataclasses
@@ -55,8 +56,12 @@ def main(argv):
             f"its least accurate point's {y} (a T={t:g} model more accurate than the run), so a "
             "run below it by more than the spread is dominated: a loss.",
             "spread: the largest max - min of the robust accuracy over the seeds of one setting.",
-            "verdict: 'real gain' if excess > spread, 'loss' if excess < -spread, else 'within "
-            "seed noise'.",
+            "sampling_se: the binomial standard error sqrt(p (1 - p) / n) of the run's robust "
+            "accuracy p on its n attacked images (eval/num_examples; 0 if the runs lack it).",
+            "threshold: max(spread, 2 sampling_se), so that two seeds that happen to agree do "
+            "not make a difference of a few images a finding.",
+            "verdict: 'real gain' if excess > threshold, 'loss' if excess < -threshold, else "
+            "'within noise'.",
             f"figure: {FLAGS.figure}",
         ],
     )

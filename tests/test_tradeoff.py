@@ -45,7 +45,7 @@ def test_verdicts_against_hand_computed_values():
     assert by_t[70.0].excess == pytest.approx(0.075)
     assert by_t[70.0].verdict == "real gain"
     assert by_t[50.0].curve == pytest.approx(0.5 - 0.09 * 0.05 / 0.11)
-    assert by_t[50.0].verdict == "within seed noise"  # excess 0.0009
+    assert by_t[50.0].verdict == "within noise"  # excess 0.0009
     assert by_t[30.0].curve == pytest.approx(0.5 - 0.09 * 0.02 / 0.11)
     assert by_t[30.0].verdict == "loss"
     assert math.isnan(by_t[0.5].curve) and by_t[0.5].verdict.startswith("not comparable")
@@ -78,6 +78,36 @@ def test_dominated_settings_leave_the_curve_and_runs_below_it_can_lose():
         "b": False,
         "c": True,
     }
+
+
+def test_sampling_floor_keeps_agreeing_seeds_from_making_a_few_images_a_finding():
+    # Table III v2's case: two T=70 seeds with the same worst case (spread 0), 0.008 under the
+    # curve. With 1,000 attacked images the floor is 2 sqrt(0.36 * 0.64 / 1000) = 0.0304.
+    rows = [
+        (1.0, 0, "madry", 0.7265, 0.359),
+        (1.0, 0, "madry_eps12", 0.639, 0.383),
+        (1.0, 0, "", 0.832, 0.105),
+        (70.0, 0, "", 0.7145, 0.355),
+        (70.0, 1, "", 0.7086, 0.355),
+    ]
+    runs = pd.DataFrame(rows, columns=["temperature", "seed", "variant", "clean", "worst_case"])
+    (alone,) = tradeoff.verdicts(runs)  # no example counts: the spread (0) alone decides
+    assert alone.spread == 0.0 and alone.sampling_se == 0.0 and alone.verdict == "loss"
+    runs["eval/num_examples"] = 1000
+    (v,) = tradeoff.verdicts(runs)
+    curve = 0.383 + (0.359 - 0.383) * (0.71155 - 0.639) / (0.7265 - 0.639)
+    assert v.curve == pytest.approx(curve) and v.excess == pytest.approx(0.355 - curve)
+    assert v.sampling_se == pytest.approx(math.sqrt(0.355 * 0.645 / 1000))
+    assert v.threshold == pytest.approx(2 * v.sampling_se) and v.verdict == "within noise"
+    # The floor never lowers a larger seed spread, and a big enough gap is still a finding.
+    runs.loc[runs["seed"] == 1, "worst_case"] = 0.255  # spread 0.1, mean 0.305
+    (wide,) = tradeoff.verdicts(runs)
+    assert wide.threshold == pytest.approx(0.1) and wide.verdict == "within noise"
+    runs.loc[runs["temperature"] == 70.0, "worst_case"] = 0.30  # spread 0, 0.06 under
+    (low,) = tradeoff.verdicts(runs)
+    assert low.threshold == pytest.approx(2 * math.sqrt(0.3 * 0.7 / 1000)) and low.verdict == "loss"
+    with pytest.raises(ValueError, match="num_examples"):
+        tradeoff.sampling_error(0.5, 0)
 
 
 def test_verdicts_refuse_missing_columns_and_reference():
