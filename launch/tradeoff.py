@@ -54,7 +54,7 @@ def main(argv):
             f"{_dominated(runs, x, y, t)}), linearly interpolated at the other temperatures' "
             f"mean {x}; no extrapolation, except that below the frontier's {x} range the curve is "
             f"its least accurate point's {y} (a T={t:g} model more accurate than the run), so a "
-            "run below it by more than the spread is dominated: a loss.",
+            "run below it by more than the threshold is dominated: a loss.",
             "spread: the largest max - min of the robust accuracy over the seeds of one setting.",
             "sampling_se: the binomial standard error sqrt(p (1 - p) / n) of the run's robust "
             "accuracy p on its n attacked images (eval/num_examples; 0 if the runs lack it).",

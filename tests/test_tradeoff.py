@@ -82,7 +82,7 @@ def test_dominated_settings_leave_the_curve_and_runs_below_it_can_lose():
 
 def test_sampling_floor_keeps_agreeing_seeds_from_making_a_few_images_a_finding():
     # Table III v2's case: two T=70 seeds with the same worst case (spread 0), 0.008 under the
-    # curve. With 1,000 attacked images the floor is 2 sqrt(0.36 * 0.64 / 1000) = 0.0304.
+    # curve. With 1,000 attacked images the floor is 2 sqrt(0.355 * 0.645 / 1000) = 0.0303.
     rows = [
         (1.0, 0, "madry", 0.7265, 0.359),
         (1.0, 0, "madry_eps12", 0.639, 0.383),

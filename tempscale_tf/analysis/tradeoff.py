@@ -14,7 +14,7 @@ and robust accuracy (it is *dominated*) is a worse T = 1 recipe, not a point of 
 and is left out; crediting the temperature for beating it would flatter the temperature. Outside
 the frontier's clean range nothing is extrapolated, with one exception that needs no
 extrapolation: a high-T model less accurate than every frontier point *and* less robust than the
-least accurate (the most robust) of them, by more than the spread, is dominated by a T = 1
+least accurate (the most robust) of them, by more than the threshold, is dominated by a T = 1
 model: a loss.
 
 Input: the per-run rows of a sweep (`<table>_runs.csv`): `temperature`, `seed`, `clean`,
