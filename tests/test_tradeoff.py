@@ -108,6 +108,8 @@ def test_sampling_floor_keeps_agreeing_seeds_from_making_a_few_images_a_finding(
     assert low.threshold == pytest.approx(2 * math.sqrt(0.3 * 0.7 / 1000)) and low.verdict == "loss"
     with pytest.raises(ValueError, match="num_examples"):
         tradeoff.sampling_error(0.5, 0)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        tradeoff.sampling_error(1.5, 1000)
 
 
 def test_verdicts_refuse_missing_columns_and_reference():

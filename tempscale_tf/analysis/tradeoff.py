@@ -105,6 +105,8 @@ def sampling_error(accuracy: float, num_examples) -> float:
         return 0.0
     if num_examples <= 0:
         raise ValueError(f"num_examples must be positive, got {num_examples}")
+    if not 0.0 <= accuracy <= 1.0:
+        raise ValueError(f"an accuracy must lie in [0, 1], got {accuracy}")
     return math.sqrt(accuracy * (1.0 - accuracy) / float(num_examples))
 
 
