@@ -230,7 +230,11 @@ def fast_cifar(
     if min(image_shape[:2]) < 2 * 2 * 2 * 3 + whitening_kernel_size - 1:
         raise ValueError(f"fast_cifar needs images of at least 25x25, received {image_shape}")
     inputs, x = normalized_input(image_shape, mean, std)
-    x = PatchWhitening(whitening_kernel_size, name="whiten")(x)
+    # Always float32: the whitening kernel scales by 1 / sqrt(eigenvalue + eps), and where patches
+    # are nearly collinear (upscaled digits) bfloat16 inputs and kernels cancel into noise; the
+    # smoke recipe then did not train at all in bfloat16 (loss stuck at ln 10). Cheap: 2x2, 24
+    # channels.
+    x = PatchWhitening(whitening_kernel_size, name="whiten", dtype="float32")(x)
     x = _gelu(x, "whiten_gelu")
     for g, width in enumerate(widths, start=1):
         x = _conv(width, f"group{g}_conv1", seed=2 * g)(x)
