@@ -77,7 +77,9 @@ def get_config(arg=None):
             "steps equal T=1's; the paper-protocol rows are in table1_v2_cifar10_fast_cifar.",
             c.notes[2],  # the corruptions
             c.notes[3],  # the paper's rows
-            "Wall times are of a 2-core AVX2-only machine, shared with test runs for some cells.",
+            "Wall times depend on the machine more than on the cell (each cell's metrics.json "
+            "names it): 2-core EPYCs, float32 on AVX2-only ones, bfloat16 with AVX512-BF16 "
+            "(about 3x faster to train); some cells shared the machine with test runs.",
         ]
     if arg == "smoke":
         c.train.epochs, c.train.train_subset, c.train.test_subset = 1, 256, 128
